@@ -1,0 +1,100 @@
+"""Student checkpoints: weights as safetensors plus JSON metadata. Never the teacher; no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .students import DualHeadStudent, student_from_spec
+
+__all__ = ["FORMAT_VERSION", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
+
+FORMAT_VERSION = 1
+WEIGHTS, METADATA = "model.safetensors", "model.json"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("dho", "torch", "torchvision", "timm", "open_clip_torch", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    return path / WEIGHTS, path / METADATA
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata: Any) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/model.json``.
+
+    ``metadata`` adds e.g. templates, teacher id, resolved config, metrics, split info.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, meta_path = _paths(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    meta = {
+        "format": "dho-student", "format_version": FORMAT_VERSION, "classes": student.classnames,
+        "architecture": student.spec, "normalization": student.preprocess.describe(),
+        "input_size": student.preprocess.size, "alpha": student.alpha, "beta": student.beta,
+        "dual_head": student.dual_head, "versions": versions(), **metadata,
+    }
+    _write_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "dho-student"}))
+    _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    return directory
+
+
+def load_metadata(path: str | Path) -> dict:
+    _, meta_path = _paths(path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no checkpoint metadata at {str(meta_path)!r}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != "dho-student":
+        raise ValueError(f"{meta_path} is not a dho student checkpoint")
+    return meta
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> DualHeadStudent:
+    """A trained student ready for ``predict(images)``: a run's checkpoint directory or its
+    ``.safetensors`` file. Rebuilds the architecture offline and cross-checks the classes."""
+    weights, _ = _paths(path)
+    meta = load_metadata(path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no checkpoint weights at {str(weights)!r}")
+    classes = meta["classes"]
+    if meta["architecture"]["num_classes"] != len(classes):
+        raise ValueError(f"{path}: metadata lists {len(classes)} classes but the heads have {meta['architecture']['num_classes']}")
+    student = student_from_spec(meta["architecture"], classes)
+    state = load_file(str(weights))
+    student.load_state_dict(state, strict=True)
+    student.alpha, student.beta = float(meta["alpha"]), float(meta["beta"])
+    return student.to(device).eval()
+
+
+def update_mixing(path: str | Path, alpha: float, beta: float, **info: Any) -> None:
+    """Record new (alpha, beta) in a checkpoint's metadata (weights untouched)."""
+    _, meta_path = _paths(path)
+    meta = load_metadata(path)
+    meta.update(alpha=float(alpha), beta=float(beta), **info)
+    _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))

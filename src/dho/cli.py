@@ -1,0 +1,252 @@
+"""The `dho` command line: argv -> config -> one library call -> printed result and exit code."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("dho")
+SPLITS = ("test", "val", "labeled", "unlabeled")
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _pct(value) -> str:
+    return f"{100 * value:6.2f}%" if isinstance(value, float) else "     -"
+
+
+def _print_scores(title: str, scores: dict) -> None:
+    print(title)
+    for key in ("mixed", "ce_head", "kd_head", "teacher"):
+        if key in scores:
+            print(f"  {key:<8} {_pct(scores[key])}")
+    if "agreement" in scores:
+        print("  heads    " + ", ".join(f"{k}={v}" for k, v in scores["agreement"].items()))
+
+
+def _write_json(out: str | None, name: str, data: dict) -> None:
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / name).write_text(json.dumps(data, indent=1))
+        print(f"wrote {Path(out) / name}")
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, progress=_progress())
+    r = result.results
+    _print_scores(f"{r['method']} on {cfg.data.root}: test accuracy", r["test"])
+    print(f"  alpha={r['alpha']:.2f} beta={r['beta']:.2f} ({r['selection']})")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import checkpoint_logits, score
+
+    logits, meta, student = checkpoint_logits(args.checkpoint, args.split, args.data, with_teacher=args.teacher,
+                                              device=args.device, progress=_progress())
+    alpha = student.alpha if args.alpha is None else args.alpha
+    beta = student.beta if args.beta is None else args.beta
+    scores = {"alpha": alpha, "beta": beta, "split": args.split, **score(logits, alpha, beta)}
+    _print_scores(f"{args.checkpoint} on {args.data or args.split} (alpha={alpha:.2f}, beta={beta:.2f})", scores)
+    _write_json(args.out, "eval.json", scores)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .checkpoint import update_mixing
+    from .evaluate import checkpoint_logits
+    from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
+
+    if args.split == "test" and args.data is None:
+        raise ValueError("refusing to tune alpha/beta on the test split; use --split val (selection never sees test)")
+    logits, _, student = checkpoint_logits(args.checkpoint, args.split, args.data, device=args.device, progress=_progress())
+    if not student.dual_head:
+        raise ValueError("this checkpoint has a single head; there is nothing to mix")
+    best = search_mixing(logits.ce, logits.kd, logits.labels)
+    grid = mixing_grid(logits.ce, logits.kd, logits.labels, DEFAULT_ALPHAS, DEFAULT_BETAS)
+    print(f"best on {args.data or args.split}: alpha={best.alpha:.2f} beta={best.beta:.2f} accuracy={_pct(best.accuracy).strip()}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "grid.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["beta", "alpha", "accuracy"])
+            for bi, b in enumerate(DEFAULT_BETAS):
+                for ai, a in enumerate(DEFAULT_ALPHAS):
+                    writer.writerow([b, a, f"{float(grid[bi, ai]):.6f}"])
+        print(f"wrote {out / 'grid.csv'}")
+        _write_json(args.out, "tune.json", {"split": args.split, **best._asdict()})
+    if args.write:
+        update_mixing(args.checkpoint, best.alpha, best.beta, mixing={"selection": f"dho tune on {args.split}", **best._asdict()})
+        print(f"updated alpha/beta in {args.checkpoint}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_student
+    from .predict import expand_paths, predict_files
+
+    student = load_student(args.checkpoint, device=args.device)
+    paths = expand_paths(args.paths)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        records = predict_files(student, paths, topk=args.topk, alpha=args.alpha, beta=args.beta)
+        if args.format == "json":
+            json.dump(list(records), out, indent=1)
+            out.write("\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")])
+            for rec in records:
+                writer.writerow([rec["path"]] + [x for pair in zip(rec["labels"], rec["scores"]) for x in pair])
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluate import zeroshot_accuracy
+
+    cfg = load_config(args.config, args.overrides)
+    scores = zeroshot_accuracy(cfg, args.split, progress=_progress())
+    print(f"{scores['teacher_id']} zero-shot on {cfg.data.root} [{args.split}, n={scores['n']}]: {_pct(scores['teacher']).strip()}")
+    _write_json(args.out, "zeroshot.json", scores)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data import make_synthetic_folder
+
+    root = make_synthetic_folder(args.out, per_class={"train": args.train, "test": args.test}, seed=args.seed)
+    print(f"wrote a synthetic ImageFolder tree to {root}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A tiny synthetic DHO run: data, teacher and student all made on the spot, seconds on a CPU."""
+    from .config import RunConfig
+    from .data import make_synthetic_folder
+    from .train import train
+
+    out = Path(args.out)
+    data = make_synthetic_folder(out / "data", per_class={"train": 60, "test": 30}, seed=0)
+    cfg = RunConfig().override({
+        "data.root": str(data), "data.shots": 4, "student.backbone": "resnet18", "student.image_size": 32,
+        "optim.epochs": 30, "optim.batch_size": 16, "out": str(out / "run"),
+    })
+    result = train(cfg, progress=_progress())
+    _print_scores("demo (synthetic data, synthetic teacher): test accuracy", result.results["test"])
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dho", description="Dual-Head Optimization: distil a CLIP teacher into a small classifier.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.add_argument("--version", action="version", version=f"dho {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a student (writes config.yaml, metrics.jsonl, checkpoint/, results.json)")
+    p.add_argument("--config", help="YAML config (defaults when omitted)")
+    p.add_argument("--out", help="run directory (same as out=DIR)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
+    p.set_defaults(func=cmd_train)
+
+    def checkpoint_args(p: argparse.ArgumentParser, default_split: str) -> None:
+        p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
+        p.add_argument("--split", default=default_split, choices=SPLITS, help=f"split of the run (default {default_split})")
+        p.add_argument("--data", help="an ImageFolder tree to use instead of the run's split")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", help="directory for the written results")
+
+    p = sub.add_parser("eval", help="accuracy of each head, the mix and (with --teacher) the teacher")
+    checkpoint_args(p, "test")
+    p.add_argument("--teacher", action="store_true", help="also score the teacher (rebuilt from the checkpoint's config)")
+    p.add_argument("--alpha", type=float, help="override the checkpoint's alpha")
+    p.add_argument("--beta", type=float, help="override the checkpoint's beta")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tune", help="search alpha/beta on a validation split; writes grid.csv")
+    checkpoint_args(p, "val")
+    p.add_argument("--write", action="store_true", help="store the best alpha/beta in the checkpoint")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("predict", help="predict image files, folders or globs")
+    p.add_argument("checkpoint")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--topk", type=_positive_int, default=1)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("zeroshot", help="the teacher's zero-shot accuracy on a split")
+    p.add_argument("--config")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--out")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("synth", help="write a small synthetic ImageFolder dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=_positive_int, default=60, help="training images per class")
+    p.add_argument("--test", type=_positive_int, default=30, help="test images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the end-to-end demo")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("dho: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        print(f"dho: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

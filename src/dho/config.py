@@ -1,0 +1,336 @@
+"""Typed run configuration: frozen dataclasses, YAML round trip, dotted ``key=value`` overrides.
+
+The dataclasses are the single source of truth. A YAML file is a serialised :class:`RunConfig`;
+unknown keys are errors with a "did you mean" hint, and every run writes its resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RunConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+TEACHER_KINDS = ("openclip", "synthetic")
+HEAD_KINDS = ("linear", "cosine", "mlp")
+METHODS = ("dho", "ce", "kd_logit", "ce_kd_logit")
+SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen teacher. ``pretrained`` is an open_clip tag or a local checkpoint file."""
+
+    kind: Literal["openclip", "synthetic"] = "synthetic"
+    model: str = "RN50"
+    pretrained: str | None = None
+    templates: str = "default"
+    zeta: float = 0.01
+    image_size: int | None = None  # None: the model's own input size
+    embed_dim: int = 64  # synthetic teacher only
+    seed: int = 0  # synthetic teacher only
+
+    def __post_init__(self) -> None:
+        _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
+        _check_positive("teacher.zeta", self.zeta)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The student backbone (timm or torchvision short name) and its two heads."""
+
+    backbone: str = "resnet18"
+    source: Literal["auto", "timm", "torchvision"] = "auto"
+    pretrained: bool = False
+    weights: str | None = None  # local weights file for the backbone (safetensors or .pt)
+    image_size: int = 224
+    ce_head: Literal["linear", "cosine", "mlp"] = "linear"
+    kd_head: Literal["linear", "cosine", "mlp"] = "linear"
+    zeta: float = 0.01  # cosine head scale is 1 / zeta
+    cosine_normalize_weight: bool = False  # False = the authors' code (features normalised only)
+    language_init: bool = False  # W_CE = W_KD = teacher class embeddings when dims agree
+    mlp_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("student.source", self.source, ("auto", "timm", "torchvision"))
+        _check_choice("student.ce_head", self.ce_head, HEAD_KINDS)
+        _check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
+        _check_positive("student.image_size", self.image_size)
+        _check_positive("student.zeta", self.zeta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """An ImageFolder tree and how to split it into labeled, unlabeled, validation and test."""
+
+    root: str = ""
+    shots: int | None = 16  # labeled images per class; None -> use `fraction`
+    fraction: float | None = None  # labeled fraction per class (low-shot), used when shots is None
+    split_seed: int = 1
+    val_fraction: float = 0.1  # carved per class from train/ when there is no val/ folder
+    test_fraction: float = 0.2  # carved per class when the root is a single class folder tree
+    in_memory: bool = True  # decode every image once and keep the uint8 tensors
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shots is None and self.fraction is None:
+            raise ConfigError("data.shots and data.fraction are both null: set one of them")
+        if self.shots is not None:
+            _check_positive("data.shots", self.shots)
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"data.fraction={self.fraction!r} must be in (0, 1]")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1)")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which method trains the student and the weights of its loss terms (METHOD.md 4)."""
+
+    method: Literal["dho", "ce", "kd_logit", "ce_kd_logit"] = "dho"
+    ce_weight: float = 0.5
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+    kd_reduction: Literal["sum", "mean"] = "sum"  # "sum" = the authors' code
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.method", self.method, METHODS)
+        _check_choice("loss.kd_reduction", self.kd_reduction, ("sum", "mean"))
+        _check_positive("loss.temperature", self.temperature)
+        _check_positive("loss.ce_weight", self.ce_weight, allow_zero=True)
+        _check_positive("loss.kd_weight", self.kd_weight, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, the schedule, and how long an epoch is."""
+
+    epochs: int = 200
+    batch_size: int = 64  # per stream: a step sees batch_size labeled + batch_size unlabeled
+    epoch_mode: Literal["labeled", "unlabeled"] = "labeled"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear_warmup", "warmup_cosine", "constant"] = "linear_warmup"
+    warmup_fraction: float = 0.1  # linear_warmup / warmup_cosine, unless warmup_steps is set
+    warmup_steps: int | None = None
+    max_steps: int | None = None  # cap on total steps (quick runs)
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.epoch_mode", self.epoch_mode, ("labeled", "unlabeled"))
+        _check_choice("optim.schedule", self.schedule, SCHEDULES)
+        _check_positive("optim.epochs", self.epochs)
+        _check_positive("optim.batch_size", self.batch_size)
+        _check_positive("optim.lr", self.lr)
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"optim.warmup_fraction={self.warmup_fraction!r} must be in [0, 1)")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"optim.crop_scale={list(self.crop_scale)} must satisfy 0 < lo <= hi <= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Inference-time mixing. Grid search on validation only; fallbacks when there is none."""
+
+    batch_size: int = 256
+    eval_every: int = 0  # epochs between validation passes during training; 0 = only at the end
+    keep: Literal["last", "best"] = "last"  # "best" keeps the epoch with the best validation mix
+    alpha: float = 0.4  # used when there is no validation data (zero-shot teacher, METHOD.md 5)
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.keep", self.keep, ("last", "best"))
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"eval.alpha={self.alpha!r} must be in [0, 1]")
+        _check_positive("eval.beta", self.beta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `dho train` run needs."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # torch threads; None = the free cores
+    out: str = "runs/dho"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _build(cls, data, prefix="")
+
+    def override(self, overrides: list[str] | dict[str, Any]) -> RunConfig:
+        """Apply ``["optim.lr=3e-4", ...]`` (strings coerced to the field type) or a dict."""
+        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        data = self.to_dict()
+        for key, value in items:
+            _set_dotted(data, key, value)
+        return RunConfig.from_dict(data)
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            options = list(node) if isinstance(node, dict) else []
+            prefix = ".".join(parts[:depth])
+            full = [f"{prefix}.{o}" if prefix else o for o in options]
+            raise ConfigError(f"unknown config key {key!r}{_did_you_mean(key, full)}")
+        if depth == len(parts) - 1:
+            if isinstance(node[part], dict):
+                raise ConfigError(f"config key {key!r} is a section; set one of its fields")
+            node[part] = _parse_scalar(value) if isinstance(value, str) else value
+        node = node[part]
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML scalar parsing for CLI values: '3e-4' -> 3e-4, 'null' -> None, '[1, 2]' -> list."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}{_did_you_mean(full, [prefix + n for n in names])}")
+        kwargs[key] = _coerce(hints[key], value, full)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(str(err)) from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated field type, or raise a one-line ConfigError."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        _check_choice(key, value, args)
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} must be a string")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    cfg = RunConfig.from_dict(data)
+    return cfg.override(overrides or [])
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,102 @@
+"""Datasets over a split manifest: decoded images, replayable training views, eval views,
+and the endless seeded batch streams that feed the labeled and unlabeled sides of a step."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .images import apply_crop, crop_params, decode_image, eval_view
+from .splits import Item, SplitManifest
+
+__all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews"]
+
+
+class ImageStore:
+    """The images of one split as uint8 [3, H, W] tensors, decoded once (``in_memory``) or on demand."""
+
+    def __init__(self, manifest: SplitManifest, items: list[Item], in_memory: bool = True, progress: bool = False, desc: str = "decode") -> None:
+        self.manifest = manifest
+        self.items = list(items)
+        self.labels = torch.tensor([y for _, y in self.items], dtype=torch.long)
+        self._images: list[Tensor] | None = None
+        if in_memory:
+            self._images = [decode_image(manifest.path(p)) for p, _ in tqdm(self.items, desc=desc, disable=not progress, leave=False)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int) -> Tensor:
+        if self._images is not None:
+            return self._images[index]
+        return decode_image(self.manifest.path(self.items[index][0]))
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index][0]
+
+
+class TrainViews(Dataset):
+    """``views[(index, pass)]`` -> (uint8 [3, size, size] crop, label); the crop replays exactly."""
+
+    def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int) -> None:
+        self.store, self.size, self.scale, self.seed = store, size, tuple(scale), seed
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, epoch = key
+        image = self.store.image(index)
+        params = crop_params(self.seed, self.store.sample_id(index), epoch, image.shape[1], image.shape[2], self.scale)
+        return apply_crop(image, params, self.size), self.store.labels[index]
+
+
+class EvalViews(Dataset):
+    """``views[index]`` -> (uint8 [3, size, size] resized centre crop, label)."""
+
+    def __init__(self, store: ImageStore, size: int) -> None:
+        self.store, self.size = store, size
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return eval_view(self.store.image(index), self.size), self.store.labels[index]
+
+
+class StreamSampler:
+    """An endless stream of batches of (index, pass) keys.
+
+    Pass p is a permutation of range(n) drawn from (seed, name, p); batches run across pass
+    boundaries, so every batch is full even when n < batch_size (the labeled set at 1 shot).
+    ``start_batch`` skips ahead deterministically (resume).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, name: str, start_batch: int = 0) -> None:
+        if n == 0:
+            raise ValueError(f"the {name} stream is empty")
+        self.n, self.batch_size, self.seed, self.name, self.start_batch = n, batch_size, seed, name, start_batch
+
+    def _permutation(self, p: int) -> list[int]:
+        digest = hashlib.blake2b(f"{self.seed}|{self.name}|{p}".encode(), digest_size=8).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position = self.start_batch * self.batch_size
+        p, offset = divmod(position, self.n)
+        order = self._permutation(p)
+        while True:
+            batch = []
+            while len(batch) < self.batch_size:
+                if offset == self.n:
+                    p, offset, order = p + 1, 0, self._permutation(p + 1)
+                take = min(self.batch_size - len(batch), self.n - offset)
+                batch.extend((i, p) for i in order[offset:offset + take])
+                offset += take
+            yield batch

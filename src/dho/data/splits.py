@@ -1,0 +1,130 @@
+"""Labeled / unlabeled / validation / test splits, deterministic per seed, saved as JSON manifests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .folders import list_classes, scan_folder
+
+__all__ = ["SplitManifest", "folder_manifest", "make_splits"]
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, int]  # (path relative to the dataset root, class index)
+
+
+@dataclass
+class SplitManifest:
+    """Which image goes where. Paths are relative to ``root``; never pickled."""
+
+    root: str
+    classes: list[str]
+    labeled: list[Item]
+    unlabeled: list[Item]
+    val: list[Item]
+    test: list[Item]
+    info: dict = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        return Path(self.root) / rel
+
+    def split(self, name: str) -> list[Item]:
+        if name not in ("labeled", "unlabeled", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; choose labeled, unlabeled, val or test")
+        return getattr(self, name)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitManifest:
+        data = json.loads(Path(path).read_text())
+        for key in ("labeled", "unlabeled", "val", "test"):
+            data[key] = [(str(p), int(y)) for p, y in data[key]]
+        return cls(**data)
+
+    def summary(self) -> str:
+        return (f"{len(self.classes)} classes: {len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, "
+                f"{len(self.val)} val ({self.info.get('val_source')}), {len(self.test)} test ({self.info.get('test_source')})")
+
+
+def _shuffled(items: list[Path], seed: int, tag: str) -> list[Path]:
+    out = list(items)
+    random.Random(f"{seed}|{tag}").shuffle(out)
+    return out
+
+
+def _carve(files: dict[str, list[Path]], fraction: float, seed: int, tag: str) -> tuple[dict, dict]:
+    """Split each class into (kept, carved) with round(n * fraction) carved, at least 1 if n > 1."""
+    kept, carved = {}, {}
+    for name, paths in files.items():
+        order = _shuffled(paths, seed, f"{tag}|{name}")
+        n = min(len(order) - 1, max(1, round(len(order) * fraction))) if len(order) > 1 and fraction > 0 else 0
+        carved[name], kept[name] = sorted(order[:n]), sorted(order[n:])
+    return kept, carved
+
+
+def make_splits(
+    root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
+    val_fraction: float = 0.1, test_fraction: float = 0.2,
+) -> SplitManifest:
+    """Split an ImageFolder tree.
+
+    ``root`` holds train/ (and optionally val/, test/), or directly the class folders, in which
+    case test (``test_fraction``) and validation are carved per class. A missing val/ is carved
+    from the training images (``val_fraction``) before the labeled subset is drawn, so selection
+    never sees test images. Labeled = ``shots`` per class (or ``fraction`` of each class),
+    unlabeled = the rest of the training pool.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    classes = list_classes(train_dir)
+    pool = scan_folder(train_dir, classes)
+    info: dict = {"seed": seed, "shots": shots, "fraction": fraction}
+
+    if (root / "test").is_dir() and train_dir != root:
+        test, info["test_source"] = scan_folder(root / "test", classes), "test/"
+    else:
+        pool, test = _carve(pool, test_fraction, seed, "test")
+        info["test_source"] = f"carved {test_fraction:g} per class from {train_dir.name}/"
+    if (root / "val").is_dir() and train_dir != root:
+        val, info["val_source"] = scan_folder(root / "val", classes), "val/"
+    elif val_fraction > 0:
+        pool, val = _carve(pool, val_fraction, seed, "val")
+        info["val_source"] = f"carved {val_fraction:g} per class from {train_dir.name}/"
+    else:
+        val, info["val_source"] = {c: [] for c in classes}, "none"
+
+    labeled, unlabeled = {}, {}
+    for name, paths in pool.items():
+        if not paths:
+            raise ValueError(f"class {name!r} has no training images in {train_dir}")
+        k = shots if shots is not None else max(1, round(len(paths) * float(fraction)))
+        if k > len(paths):
+            raise ValueError(f"class {name!r} has {len(paths)} training images, fewer than shots={k}")
+        order = _shuffled(paths, seed, f"shots|{name}")
+        labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
+
+    def items(files: dict[str, list[Path]]) -> list[Item]:
+        return [(p.relative_to(root).as_posix(), classes.index(c)) for c in classes for p in files[c]]
+
+    manifest = SplitManifest(str(root.resolve()), classes, items(labeled), items(unlabeled), items(val), items(test), info)
+    log.info("split %s: %s", root, manifest.summary())
+    return manifest
+
+
+def folder_manifest(root: str | Path, classes: list[str]) -> SplitManifest:
+    """Every image of an ImageFolder tree as the ``test`` split, labeled by ``classes`` (a model's
+    class list; the folder may hold a subset of them, never a class the model does not know)."""
+    root = Path(root)
+    files = scan_folder(root, classes)
+    items = [(p.relative_to(root).as_posix(), i) for i, c in enumerate(classes) for p in files[c]]
+    if not items:
+        raise ValueError(f"no images found under {root}")
+    return SplitManifest(str(root.resolve()), list(classes), [], [], [], items, {"test_source": str(root)})

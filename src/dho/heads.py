@@ -1,0 +1,76 @@
+"""The student's two heads (METHOD.md 3): linear, cosine (scaled by 1/zeta) and non-linear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CosineHead", "HeadOutput", "MLPHead", "build_head", "init_head_from_embeddings"]
+
+
+@dataclass
+class HeadOutput:
+    features: Tensor  # [B, D] backbone features z
+    ce_logits: Tensor  # [B, C] from h_CE
+    kd_logits: Tensor  # [B, C] from h_KD (the same tensor as ce_logits for single-head students)
+
+
+class CosineHead(nn.Module):
+    """logits = <z / |z|, w_c> / zeta + b_c. With ``normalize_weight`` the weight rows are
+    normalised too (the paper's cos(z, w_c) / zeta); without it, as in the authors' code."""
+
+    def __init__(self, in_features: int, num_classes: int, zeta: float = 0.01, normalize_weight: bool = False) -> None:
+        super().__init__()
+        self.zeta = zeta
+        self.normalize_weight = normalize_weight
+        linear = nn.Linear(in_features, num_classes)  # PyTorch default init
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, z: Tensor) -> Tensor:
+        w = F.normalize(self.weight, dim=-1) if self.normalize_weight else self.weight
+        return F.linear(F.normalize(z, dim=-1), w) / self.zeta + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, zeta={self.zeta}, normalize_weight={self.normalize_weight}"
+
+
+class MLPHead(nn.Sequential):
+    """Linear -> LayerNorm -> GELU -> Dropout -> Linear (paper App. E.2)."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__(
+            nn.Linear(in_features, in_features),
+            nn.LayerNorm(in_features),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, num_classes),
+        )
+
+
+def build_head(
+    kind: str, in_features: int, num_classes: int, *, zeta: float = 0.01,
+    normalize_weight: bool = False, dropout: float = 0.0,
+) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_features, num_classes)
+    if kind == "cosine":
+        return CosineHead(in_features, num_classes, zeta, normalize_weight)
+    if kind == "mlp":
+        return MLPHead(in_features, num_classes, dropout)
+    raise ValueError(f"unknown head kind {kind!r}; choose linear, cosine or mlp")
+
+
+@torch.no_grad()
+def init_head_from_embeddings(head: nn.Module, embeddings: Tensor) -> bool:
+    """Language-aware init: W = the teacher's class text embeddings [C, D], bias 0.
+    Returns False (and changes nothing) when the head's shape does not allow it."""
+    target = head[-1] if isinstance(head, MLPHead) else head
+    if isinstance(head, MLPHead) or tuple(target.weight.shape) != tuple(embeddings.shape):
+        return False
+    target.weight.copy_(embeddings.to(target.weight))
+    target.bias.zero_()
+    return True

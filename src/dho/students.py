@@ -1,0 +1,201 @@
+"""Students: a timm or torchvision backbone by short name plus the two heads (METHOD.md 3)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import StudentConfig
+from .heads import HeadOutput, build_head, init_head_from_embeddings
+from .mixing import mix_probs
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+__all__ = ["DualHeadStudent", "Prediction", "build_student", "create_backbone", "load_weights_file"]
+
+log = logging.getLogger(__name__)
+
+
+def load_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from .safetensors or a torch file, never executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _resolve_source(name: str, source: str) -> str:
+    import timm
+    import torchvision
+
+    if source != "auto":
+        return source
+    if timm.is_model(name):
+        return "timm"
+    if name in torchvision.models.list_models():
+        return "torchvision"
+    known = timm.list_models() + torchvision.models.list_models()
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown student backbone {name!r}{hint}")
+
+
+def create_backbone(name: str, source: str = "auto", pretrained: bool = False, weights: str | None = None) -> tuple[nn.Module, int, dict]:
+    """A feature extractor returning pooled features [B, D], its D, and its normalisation."""
+    source = _resolve_source(name, source)
+    if source == "timm":
+        import timm
+
+        kwargs: dict[str, Any] = {"num_classes": 0}
+        if weights:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        try:
+            model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
+        except Exception as err:
+            if pretrained and not weights:
+                raise RuntimeError(f"could not fetch timm weights for {name!r} ({type(err).__name__}); "
+                                   "offline, pass student.weights=/path/to/weights") from None
+            raise
+        cfg = model.pretrained_cfg
+        norm = {"mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD))}
+        return model, int(model.num_features), norm
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained and not weights else None)
+    except Exception as err:
+        if pretrained:
+            raise RuntimeError(f"could not fetch torchvision weights for {name!r} ({type(err).__name__}); "
+                               "offline, pass student.weights=/path/to/weights") from None
+        raise
+    if weights:
+        model.load_state_dict(load_weights_file(weights))
+    num_features = _strip_classifier(model, name)
+    return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def _strip_classifier(model: nn.Module, name: str) -> int:
+    """Replace the last nn.Linear (the ImageNet classifier) with Identity; return its in_features."""
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"torchvision model {name!r} has no linear classifier to replace")
+    path, linear = last[-1]
+    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+    setattr(parent, path.rpartition(".")[2], nn.Identity())
+    return linear.in_features
+
+
+@dataclass
+class Prediction:
+    indices: Tensor  # [N] (or [N, k] with topk) predicted class indices
+    probs: Tensor  # [N, C] mixed probabilities
+    labels: list  # class names of ``indices``
+
+
+class DualHeadStudent(nn.Module):
+    """Backbone g and heads h_CE, h_KD on the same features z. A single-head student (baselines)
+    has one head whose logits serve as both ``ce_logits`` and ``kd_logits``."""
+
+    def __init__(self, backbone: nn.Module, preprocess: Preprocess, ce_head: nn.Module,
+                 kd_head: nn.Module | None, spec: dict, classnames: Sequence[str]) -> None:
+        super().__init__()
+        self.backbone, self.preprocess, self.ce_head, self.kd_head = backbone, preprocess, ce_head, kd_head
+        self.spec = dict(spec)
+        self.classnames = list(classnames)
+        self.alpha, self.beta = (0.5, 1.0) if kd_head is not None else (1.0, 1.0)
+
+    @property
+    def dual_head(self) -> bool:
+        return self.kd_head is not None
+
+    def forward(self, images: Tensor) -> HeadOutput:
+        """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits."""
+        z = self.backbone(self.preprocess(images))
+        ce = self.ce_head(z)
+        return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce)
+
+    @torch.no_grad()
+    def predict(self, images: Any, alpha: float | None = None, beta: float | None = None,
+                topk: int | None = None, batch_size: int = 256) -> Prediction:
+        """Labels and mixed probabilities for images: a uint8/[0,1] tensor [N, 3, H, W] or [3, H, W],
+        or a list of file paths / PIL images (resized and centre-cropped to the input size)."""
+        from .data.images import decode_image, eval_view, to_uint8_tensor
+
+        if not isinstance(images, Tensor):
+            items = [images] if isinstance(images, (str, Path)) or hasattr(images, "convert") else list(images)
+            views = [decode_image(x) if isinstance(x, (str, Path)) else to_uint8_tensor(x) for x in items]
+            images = torch.stack([eval_view(v, self.preprocess.size) for v in views])
+        elif images.dim() == 3:
+            images = images.unsqueeze(0)
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        probs = []
+        for start in range(0, len(images), batch_size):
+            out = self(images[start:start + batch_size].to(device))
+            probs.append(mix_probs(out.ce_logits, out.kd_logits, alpha, beta).cpu())
+        self.train(was_training)
+        probs_all = torch.cat(probs)
+        idx = probs_all.topk(topk, dim=-1).indices if topk else probs_all.argmax(-1)
+        names = [[self.classnames[j] for j in row] for row in idx.tolist()] if topk else [self.classnames[j] for j in idx.tolist()]
+        return Prediction(idx, probs_all, names)
+
+
+def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: bool = True,
+                  class_embeddings: Tensor | None = None) -> DualHeadStudent:
+    """The configured backbone with fresh heads for ``classnames``."""
+    backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights)
+    num_classes = len(classnames)
+
+    def head(kind: str) -> nn.Module:
+        return build_head(kind, num_features, num_classes, zeta=cfg.zeta,
+                          normalize_weight=cfg.cosine_normalize_weight, dropout=cfg.mlp_dropout)
+
+    ce_head = head(cfg.ce_head)
+    kd_head = head(cfg.kd_head) if dual_head else None
+    if cfg.language_init:
+        if class_embeddings is None:
+            log.warning("student.language_init is set but the teacher gave no class embeddings")
+        else:
+            done = [init_head_from_embeddings(h, class_embeddings) for h in (ce_head, kd_head) if h is not None]
+            if not all(done):
+                log.warning("language-aware init skipped: teacher embeddings %s vs student features %d",
+                            tuple(class_embeddings.shape), num_features)
+    spec = {
+        "backbone": cfg.backbone, "source": _resolve_source(cfg.backbone, cfg.source), "num_features": num_features,
+        "num_classes": num_classes, "ce_head": cfg.ce_head, "kd_head": cfg.kd_head if dual_head else None,
+        "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "mlp_dropout": cfg.mlp_dropout,
+        "image_size": cfg.image_size, "mean": list(norm["mean"]), "std": list(norm["std"]),
+    }
+    return DualHeadStudent(backbone, Preprocess(norm["mean"], norm["std"], cfg.image_size), ce_head, kd_head, spec, classnames)
+
+
+def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
+    """Rebuild the architecture recorded in a checkpoint (random weights, nothing downloaded)."""
+    backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False)
+    if num_features != spec["num_features"]:
+        raise ValueError(f"backbone {spec['backbone']} has {num_features} features, checkpoint says {spec['num_features']}")
+
+    def head(kind: str) -> nn.Module:
+        return build_head(kind, num_features, spec["num_classes"], zeta=spec["zeta"],
+                          normalize_weight=spec["cosine_normalize_weight"], dropout=spec["mlp_dropout"])
+
+    kd_head = head(spec["kd_head"]) if spec.get("kd_head") else None
+    preprocess = Preprocess(spec["mean"], spec["std"], spec["image_size"])
+    return DualHeadStudent(backbone, preprocess, head(spec["ce_head"]), kd_head, spec, classnames)

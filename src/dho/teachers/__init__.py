@@ -1,0 +1,27 @@
+"""Teachers by kind. Every teacher is frozen, owns its preprocessing, and is never checkpointed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import TeacherConfig
+from .base import Teacher, TeacherOutput, prompt_name
+from .templates import TEMPLATES, get_templates
+
+__all__ = ["TEMPLATES", "Teacher", "TeacherOutput", "build_teacher", "get_templates", "prompt_name"]
+
+
+def build_teacher(cfg: TeacherConfig, classnames: Sequence[str]) -> Teacher:
+    """Create the teacher named by ``cfg.kind`` with its zero-shot head for ``classnames``."""
+    if cfg.kind == "openclip":
+        from .openclip import OpenClipTeacher
+
+        teacher: Teacher = OpenClipTeacher(cfg.model, cfg.pretrained, zeta=cfg.zeta, image_size=cfg.image_size)
+    elif cfg.kind == "synthetic":
+        from .synthetic import SyntheticTeacher
+
+        teacher = SyntheticTeacher(cfg.embed_dim, cfg.seed, image_size=cfg.image_size or 32, zeta=cfg.zeta)
+    else:  # pragma: no cover - TeacherConfig validates kind
+        raise ValueError(f"unknown teacher kind {cfg.kind!r}")
+    teacher.set_classes(classnames, get_templates(cfg.templates))
+    return teacher.freeze()

@@ -1,0 +1,106 @@
+"""The teacher protocol: frozen, owns its preprocessing, gives normalised features and logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..preprocess import Preprocess
+
+__all__ = ["Teacher", "TeacherOutput", "prompt_name"]
+
+
+@dataclass
+class TeacherOutput:
+    features: Tensor  # [B, D], L2-normalised image features
+    logits: Tensor  # [B, C], teacher logits for the task's classes
+
+
+def prompt_name(classname: str) -> str:
+    """Folder names like 'sea_lion' read as 'sea lion' inside prompts."""
+    return classname.replace("_", " ")
+
+
+class Teacher(nn.Module):
+    """Base class of every teacher. Frozen by construction and never saved with a student.
+
+    Subclasses implement :meth:`encode_image` (normalised pixels -> raw features) and either
+    :meth:`encode_text` or :meth:`embed_prompts`; the zero-shot head is built here, exactly as
+    METHOD.md section 2: per class, embed every filled template, L2-normalise each, average,
+    L2-normalise again; logits = cos(f(x), w_c) / zeta.
+    """
+
+    id: str = "teacher"
+
+    def __init__(self, preprocess: Preprocess, zeta: float = 0.01) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.zeta = float(zeta)
+        self.classnames: list[str] = []
+        self.templates: tuple[str, ...] = ()
+        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
+
+    # -- subclass API ------------------------------------------------------------------------
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        """Normalised pixels [B, 3, S, S] -> image features [B, D] (not yet L2-normalised)."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """Prompts -> text features [T, D] (not yet L2-normalised)."""
+        raise NotImplementedError
+
+    def embed_prompts(self, classname: str, templates: Sequence[str]) -> Tensor:
+        """One class's prompt embeddings [T, D]."""
+        return self.encode_text([t.format(prompt_name(classname)) for t in templates])
+
+    # -- shared behaviour --------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @torch.no_grad()
+    def set_classes(self, classnames: Sequence[str], templates: Sequence[str]) -> None:
+        """Build the zero-shot head w [C, D] for the task's classes."""
+        rows = []
+        for name in classnames:
+            emb = F.normalize(self.embed_prompts(name, templates).float(), dim=-1)
+            rows.append(F.normalize(emb.mean(dim=0), dim=-1))
+        self.classnames = list(classnames)
+        self.templates = tuple(templates)
+        self.class_embeddings = torch.stack(rows)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """uint8/[0,1] images [B, 3, H, W] -> L2-normalised features [B, D]."""
+        return F.normalize(self.encode_image(self.preprocess(images)).float(), dim=-1)
+
+    @torch.no_grad()
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """Normalised features [B, D] -> logits [B, C]."""
+        if self.class_embeddings.numel() == 0:
+            raise RuntimeError("teacher has no classes: call set_classes() first")
+        return features @ self.class_embeddings.t() / self.zeta
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> TeacherOutput:
+        feats = self.features(images)
+        return TeacherOutput(features=feats, logits=self.logits_from_features(feats))
+
+    def freeze(self) -> Teacher:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - a teacher never trains
+        return super().train(False)
+
+    def describe(self) -> dict:
+        return {"id": self.id, "zeta": self.zeta, "templates": list(self.templates), **self.preprocess.describe()}

@@ -1,0 +1,71 @@
+"""Zero-shot CLIP teachers from open_clip: any model name + pretrained tag or local checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..preprocess import Preprocess
+from .base import Teacher
+
+__all__ = ["OpenClipTeacher"]
+
+log = logging.getLogger(__name__)
+
+
+class OpenClipTeacher(Teacher):
+    """An open_clip model as a frozen teacher.
+
+    ``pretrained`` is an open_clip tag (e.g. ``"openai"``, needs the hub or its cache), a local
+    checkpoint file, or None for random weights (tests, speed benchmarks).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "RN50",
+        pretrained: str | None = None,
+        zeta: float = 0.01,
+        image_size: int | None = None,
+    ) -> None:
+        import open_clip
+
+        model = _create(open_clip, model_name, pretrained)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        native = int(size[0] if isinstance(size, (tuple, list)) else size)
+        if image_size is not None and image_size != native:
+            log.warning("teacher %s runs at %d px, not its native %d px", model_name, image_size, native)
+        super().__init__(Preprocess(cfg["mean"], cfg["std"], image_size or native), zeta=zeta)
+        self.model = model
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        tag = Path(pretrained).name if pretrained and Path(pretrained).is_file() else pretrained
+        self.id = f"openclip:{model_name}:{tag or 'random'}"
+        self.freeze()
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self.tokenizer(texts).to(device))
+
+
+def _create(open_clip, model_name: str, pretrained: str | None) -> torch.nn.Module:
+    if pretrained and not Path(pretrained).is_file() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
+        raise FileNotFoundError(f"teacher checkpoint {pretrained!r} does not exist")
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained))
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from None
+        raise
+    except Exception as err:  # hub download failures come in many types
+        if pretrained and not Path(pretrained).is_file():
+            raise RuntimeError(
+                f"could not fetch open_clip weights {model_name}/{pretrained} ({type(err).__name__}); "
+                "offline, pass a local checkpoint file as teacher.pretrained=/path/to/weights"
+            ) from None
+        raise

@@ -1,0 +1,196 @@
+"""One training loop for every method: setup / build / loop / finish.
+
+Each step draws a labeled batch and an unlabeled batch of the same size (1:1), runs the
+teacher and the student on the same augmented crops (each normalising its own way), and
+minimises the method's loss. Afterwards alpha/beta are tuned on validation logits only, the
+test split is scored once, and the student is checkpointed (never the teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .config import RunConfig, save_config
+from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews, make_splits
+from .evaluate import collect_logits, score
+from .losses import METHOD_SPECS, method_loss
+from .mixing import search_mixing
+from .optim import build_optimizer, build_scheduler
+from .students import DualHeadStudent, build_student
+from .teachers import Teacher, build_teacher
+
+__all__ = ["RunResult", "free_cores", "resolve_device", "seed_everything", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    results: dict
+    student: DualHeadStudent
+
+
+def free_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def steps_per_epoch(cfg: RunConfig, manifest: SplitManifest) -> int:
+    """Authors' definitions: one pass over the labeled set (few-shot) or the unlabeled set (ImageNet)."""
+    n = len(manifest.labeled if cfg.optim.epoch_mode == "labeled" else manifest.unlabeled)
+    return max(1, n // cfg.optim.batch_size)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("")
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _stream(views: TrainViews, batch_size: int, seed: int, name: str, workers: int):
+    sampler = StreamSampler(len(views), batch_size, seed, name)
+    return iter(DataLoader(views, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
+
+
+def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
+    """alpha/beta from the validation grid, or the documented defaults without validation data."""
+    if not student.dual_head:
+        return {"alpha": 1.0, "beta": 1.0, "selection": "single head"}
+    if val_logits is None or len(val_logits.labels) == 0:
+        return {"alpha": cfg.eval.alpha, "beta": cfg.eval.beta, "selection": "default (no validation data)"}
+    best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
+    return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
+
+
+def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
+    """Train a student as configured; write the run directory; return its results."""
+    # ---- setup ------------------------------------------------------------------------------
+    started = time.time()
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    torch.set_num_threads(cfg.threads or free_cores())
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    spec = METHOD_SPECS[cfg.loss.method]
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+
+    # ---- build: splits, teacher, student, data streams, optimiser -----------------------------
+    d = cfg.data
+    manifest = make_splits(d.root, shots=d.shots, fraction=d.fraction, seed=d.split_seed,
+                           val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    manifest.save(run_dir / "splits.json")
+    log.info("data: %s", manifest.summary())
+    teacher: Teacher = build_teacher(cfg.teacher, manifest.classes).to(device)
+    student = build_student(cfg.student, manifest.classes, dual_head=spec.dual_head,
+                            class_embeddings=teacher.class_embeddings.cpu()).to(device)
+    view_size = max(student.preprocess.size, teacher.image_size)
+
+    def store(items, name):
+        return ImageStore(manifest, items, in_memory=d.in_memory, progress=progress, desc=f"decode {name}")
+
+    streams = {}
+    for name, items, used in (("labeled", manifest.labeled, spec.labeled), ("unlabeled", manifest.unlabeled, spec.unlabeled)):
+        if used:
+            views = TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed)
+            streams[name] = _stream(views, cfg.optim.batch_size, cfg.seed, name, d.num_workers)
+    val_views = EvalViews(store(manifest.val, "val"), view_size) if manifest.val else None
+    spe = steps_per_epoch(cfg, manifest)
+    total_steps = min(cfg.optim.epochs * spe, cfg.optim.max_steps or math.inf)
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    log.info("training %s: %d steps (%d per epoch), %s student, teacher %s",
+             cfg.loss.method, total_steps, spe, cfg.student.backbone, teacher.id)
+
+    # ---- loop -------------------------------------------------------------------------------
+    best = {"val": -1.0, "state": None, "epoch": None}
+    student.train()
+    bar = tqdm(range(total_steps), desc=f"train {cfg.loss.method}", disable=not progress)
+    for step in bar:
+        parts, labels = [], torch.empty(0, dtype=torch.long)
+        if spec.labeled:
+            images_l, labels = next(streams["labeled"])
+            parts.append(images_l)
+        if spec.unlabeled:
+            parts.append(next(streams["unlabeled"])[0])
+        num_labeled = len(labels)
+        images = torch.cat(parts).to(device, non_blocking=True)  # [B_l + B_u, 3, S, S] uint8
+        labels = labels.to(device)
+        teacher_logits = teacher(images).logits if spec.teacher else None
+        out = student(images)
+        losses = method_loss(cfg.loss.method, out, labels, teacher_logits, num_labeled, cfg.loss)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+
+        epoch_done, epoch = (step + 1) % spe == 0, (step + 1) // spe
+        if step % 10 == 0 or step + 1 == total_steps:
+            record = {"step": step + 1, "epoch": (step + 1) / spe, "lr": scheduler.get_last_lr()[0],
+                      **{k: round(float(v.detach()), 6) for k, v in losses.items()}}
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if val_views is not None and cfg.eval.eval_every and epoch_done and epoch % cfg.eval.eval_every == 0:
+            val_logits = collect_logits(val_views, student, batch_size=cfg.eval.batch_size, device=device)
+            mix = tune_mixing(cfg, student, val_logits)
+            val_acc = mix.get("val_mixed", score(val_logits)["ce_head"])
+            metrics.write({"step": step + 1, "epoch": epoch, "val": score(val_logits, mix["alpha"], mix["beta"])})
+            if cfg.eval.keep == "best" and val_acc > best["val"]:
+                best = {"val": val_acc, "state": copy.deepcopy(student.state_dict()), "epoch": epoch}
+    bar.close()
+
+    # ---- finish: restore best, tune alpha/beta on validation, score test, checkpoint ---------
+    if best["state"] is not None:
+        student.load_state_dict(best["state"])
+        log.info("kept epoch %d (validation %.4f)", best["epoch"], best["val"])
+    eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress, "num_workers": d.num_workers}
+    val_logits = collect_logits(val_views, student, teacher, desc="validation", **eval_kw) if val_views else None
+    mix = tune_mixing(cfg, student, val_logits)
+    student.alpha, student.beta = mix["alpha"], mix["beta"]
+    test_views = EvalViews(store(manifest.test, "test"), view_size) if manifest.test else None
+    test = score(collect_logits(test_views, student, teacher, desc="test", **eval_kw), student.alpha, student.beta) if test_views else {}
+    results = {
+        "method": cfg.loss.method, "steps": total_steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
+        **mix, "test": test, "val": score(val_logits, student.alpha, student.beta) if val_logits else {},
+        "teacher": teacher.id, "split": manifest.info, "wall_time_s": round(time.time() - started, 2),
+    }
+    save_checkpoint(student, run_dir / "checkpoint", templates=list(teacher.templates), teacher=teacher.describe(),
+                    mixing=mix, config=cfg.to_dict(), split=manifest.info,
+                    metrics={"test": test.get("mixed", test.get("ce_head"))})
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
+    return RunResult(run_dir, results, student)
