@@ -1,0 +1,42 @@
+import json
+
+import pytest
+import torch
+
+from dho.checkpoint import load_student, save_checkpoint, update_mixing
+from dho.config import StudentConfig
+from dho.students import build_student
+
+
+def test_round_trip_gives_identical_predictions(tmp_path):
+    student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine"), ["x", "y", "z"]).eval()
+    student.alpha, student.beta = 0.35, 0.75
+    save_checkpoint(student, tmp_path / "ckpt", templates=["a photo of a {}."], teacher={"id": "t"})
+    loaded = load_student(tmp_path / "ckpt")
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    a, b = student.predict(images), loaded.predict(images)
+    assert torch.equal(a.probs, b.probs) and a.labels == b.labels
+    assert (loaded.alpha, loaded.beta, loaded.classnames) == (0.35, 0.75, ["x", "y", "z"])
+    meta = json.loads((tmp_path / "ckpt" / "model.json").read_text())
+    assert meta["normalization"]["size"] == 32 and meta["templates"] == ["a photo of a {}."]
+    assert "torch" in meta["versions"]
+    # loading by the .safetensors file works too
+    assert load_student(tmp_path / "ckpt" / "model.safetensors").classnames == ["x", "y", "z"]
+
+
+def test_update_mixing_and_class_cross_check(tmp_path):
+    student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["x", "y"])
+    save_checkpoint(student, tmp_path / "ckpt")
+    update_mixing(tmp_path / "ckpt", 0.6, 1.25)
+    assert (load_student(tmp_path / "ckpt").alpha, load_student(tmp_path / "ckpt").beta) == (0.6, 1.25)
+    meta_path = tmp_path / "ckpt" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["classes"].append("w")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="3 classes"):
+        load_student(tmp_path / "ckpt")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint metadata"):
+        load_student(tmp_path)

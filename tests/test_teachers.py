@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from dho.config import TeacherConfig
+from dho.teachers import build_teacher, get_templates
+from dho.teachers.synthetic import SyntheticTeacher
+
+CLASSES = ["golden_retriever", "tabby cat", "airplane"]
+
+
+@pytest.fixture(scope="module")
+def rn50_teacher():
+    torch.manual_seed(0)
+    return build_teacher(TeacherConfig(kind="openclip", model="RN50", templates="imagenet7"), CLASSES)
+
+
+def test_openclip_logits_equal_open_clip_zero_shot_path(rn50_teacher):
+    import open_clip
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    model = rn50_teacher.model
+    tokenizer = open_clip.get_tokenizer("RN50")
+    names = [c.replace("_", " ") for c in CLASSES]
+    weights = build_zero_shot_classifier(model, tokenizer, names, get_templates("imagenet7"), num_classes_per_batch=2)
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        feats = model.encode_image((images.float() / 255 - mean) / std, normalize=True)
+        expected = 100.0 * feats @ weights
+    out = rn50_teacher(images)
+    assert out.logits.shape == (2, 3)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out.features.norm(dim=-1), torch.ones(2))
+
+
+def test_openclip_teacher_is_frozen(rn50_teacher):
+    assert all(not p.requires_grad for p in rn50_teacher.parameters())
+    rn50_teacher.train()
+    assert not rn50_teacher.training and not rn50_teacher.model.training
+    assert rn50_teacher.image_size == 224 and rn50_teacher.id == "openclip:RN50:random"
+
+
+def test_openclip_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained=str(tmp_path / "nope.pt")), CLASSES)
+
+
+def test_zero_shot_head_is_mean_of_normalised_prompt_embeddings():
+    teacher = SyntheticTeacher(embed_dim=16)
+    templates = ("a photo of a {}.", "art of the {}.")
+    teacher.set_classes(CLASSES, templates)
+    for i, name in enumerate(CLASSES):
+        rows = torch.nn.functional.normalize(teacher.embed_prompts(name, templates), dim=-1)
+        w = rows.mean(0) / rows.mean(0).norm()
+        torch.testing.assert_close(teacher.class_embeddings[i], w)
+    images = torch.rand(4, 3, 32, 32)
+    out = teacher(images)
+    torch.testing.assert_close(out.logits, out.features @ teacher.class_embeddings.t() / 0.01)
+
+
+def test_synthetic_teacher_is_deterministic():
+    a = build_teacher(TeacherConfig(kind="synthetic", seed=3), CLASSES)
+    b = build_teacher(TeacherConfig(kind="synthetic", seed=3), CLASSES)
+    c = build_teacher(TeacherConfig(kind="synthetic", seed=4), CLASSES)
+    x = torch.rand(3, 3, 40, 40)
+    assert torch.equal(a(x).logits, b(x).logits)
+    assert not torch.allclose(a(x).logits, c(x).logits)
+
+
+def test_zeta_scales_logits():
+    a = build_teacher(TeacherConfig(kind="synthetic", zeta=0.01), CLASSES)
+    b = build_teacher(TeacherConfig(kind="synthetic", zeta=0.02), CLASSES)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(a(x).logits, 2 * b(x).logits)
+
+
+def test_template_sets():
+    assert len(get_templates("imagenet7")) == 7
+    assert get_templates("oxford_pets") == ("a photo of a {}, a type of pet.",)
+    assert get_templates("eurosat") == ("a centered satellite photo of {}.",)
+    assert get_templates("a {} here.|the {}.") == ("a {} here.", "the {}.")
+    with pytest.raises(ValueError, match="unknown template set"):
+        get_templates("imagenet8")

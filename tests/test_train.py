@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+
+from dho.checkpoint import load_student
+from dho.train import train
+
+
+def test_dho_run_writes_a_self_describing_directory(tiny_cfg):
+    result = train(tiny_cfg)
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "splits.json", "results.json", "checkpoint/model.safetensors", "checkpoint/model.json"):
+        assert (run / name).is_file(), name
+    results = json.loads((run / "results.json").read_text())
+    assert results["selection"] == "validation grid" and results["steps"] == 6
+    for key in ("ce_head", "kd_head", "mixed", "teacher"):
+        assert 0.0 <= results["test"][key] <= 1.0
+    assert sum(results["test"]["agreement"].values()) == results["test"]["n"] == 32
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 1 and {"loss", "ce_loss", "kd_loss", "lr"} <= set(lines[0])
+    student = load_student(run / "checkpoint")
+    assert (student.alpha, student.beta) == (results["alpha"], results["beta"])
+
+
+def test_training_is_reproducible(tiny_cfg, tmp_path):
+    a = train(tiny_cfg.override({"out": str(tmp_path / "a")}))
+    b = train(tiny_cfg.override({"out": str(tmp_path / "b")}))
+    for (name, x), (_, y) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert a.results["test"] == b.results["test"]
+
+
+@pytest.mark.parametrize("method", ["ce", "kd_logit", "ce_kd_logit"])
+def test_single_head_methods_train(tiny_cfg, method):
+    result = train(tiny_cfg.override({"loss.method": method, "optim.epochs": 2}))
+    assert result.results["selection"] == "single head" and result.results["alpha"] == 1.0
+    assert result.results["test"]["mixed"] == result.results["test"]["ce_head"]
+    assert result.student.kd_head is None
+
+
+def test_keep_best_and_unlabeled_epochs(tiny_cfg):
+    cfg = tiny_cfg.override({"optim.epoch_mode": "unlabeled", "optim.epochs": 2, "eval.eval_every": 1,
+                             "eval.keep": "best", "optim.schedule": "cosine"})
+    result = train(cfg)
+    assert result.results["steps"] == 2 * (len(json.loads((result.run_dir / "splits.json").read_text())["unlabeled"]) // 8)
+    assert result.results["epochs_kept"] in (1, 2)
+    evals = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert len(evals) == 2
