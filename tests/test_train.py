@@ -47,3 +47,41 @@ def test_keep_best_and_unlabeled_epochs(tiny_cfg):
     assert result.results["epochs_kept"] in (1, 2)
     evals = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert len(evals) == 2
+
+
+def test_cached_teacher_outputs_equal_online(tiny_cfg, tmp_path):
+    from dho.teachers import build_teacher
+    from dho.teachers.cache import TeacherCache
+
+    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 8})
+    online = train(cfg.override({"out": str(tmp_path / "online")}))
+    teacher = build_teacher(cfg.teacher, online.student.classnames)
+    cache = TeacherCache(teacher)
+    first = train(cfg.override({"out": str(tmp_path / "c1")}), teacher=teacher, teacher_cache=cache)
+    misses = cache.misses
+    second = train(cfg.override({"out": str(tmp_path / "c2"), "loss.method": "ce_kd_logit"}), teacher=teacher, teacher_cache=cache)
+    for (name, x), (_, y) in zip(online.student.state_dict().items(), first.student.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert cache.hits > 0 and cache.misses == misses  # the second method replayed every view
+    assert misses <= 2 * (8 + 80)  # at most num_views distinct views per training image
+    assert second.results["test"]["ce_head"] >= 0
+
+
+def test_planned_views_cover_every_view_a_run_draws(tiny_cfg):
+    from dho.data import ImageStore, TrainViews
+    from dho.data.splits import splits_for
+    from dho.teachers import build_teacher
+    from dho.teachers.cache import TeacherCache
+    from dho.train import planned_views
+
+    cfg = tiny_cfg.override({"data.num_views": 3, "optim.epochs": 5})
+    manifest = splits_for(cfg.data)
+    teacher = build_teacher(cfg.teacher, manifest.classes)
+    cache = TeacherCache(teacher)
+    for split, keys in planned_views(cfg, manifest).items():
+        views = TrainViews(ImageStore(manifest, manifest.split(split)), 32, cfg.optim.crop_scale, cfg.seed, num_views=3)
+        crops, _, names = zip(*(views[k] for k in keys))
+        cache.logits(torch.stack(crops), list(names))
+    computed = cache.misses
+    train(cfg, teacher=teacher, teacher_cache=cache)
+    assert cache.misses == computed and cache.hits == 5 * 16  # 5 steps of 8 labeled + 8 unlabeled

@@ -140,20 +140,37 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """A tiny synthetic DHO run: data, teacher and student all made on the spot, seconds on a CPU."""
-    from .config import RunConfig
-    from .data import make_synthetic_folder
-    from .train import train
+    from dataclasses import replace
 
-    out = Path(args.out)
-    data = make_synthetic_folder(out / "data", per_class={"train": 60, "test": 30}, seed=0)
-    cfg = RunConfig().override({
-        "data.root": str(data), "data.shots": 4, "student.backbone": "resnet18", "student.image_size": 32,
-        "optim.epochs": 30, "optim.batch_size": 16, "out": str(out / "run"),
-    })
-    result = train(cfg, progress=_progress())
-    _print_scores("demo (synthetic data, synthetic teacher): test accuracy", result.results["test"])
-    print(f"run directory: {result.run_dir}")
+    from .demo import LABELS, DemoSettings, run_demo
+
+    given = {"shots": args.shots, "student": args.student, "epochs": args.epochs, "max_unlabeled": args.max_unlabeled}
+    settings = replace(DemoSettings(seeds=tuple(args.seeds)), **{k: v for k, v in given.items() if v is not None})
+    if args.max_unlabeled == "all":
+        settings = replace(settings, max_unlabeled=None)
+    if settings.student != "efficientnet_lite0":  # the one student whose ImageNet weights install offline
+        settings = replace(settings, student_pretrained=False)
+    if args.synthetic:  # seconds on a CPU: synthetic data, synthetic teacher, small random student
+        from .data import make_synthetic_folder
+
+        root = make_synthetic_folder(Path(args.out) / "data", per_class={"train": 60, "test": 30}, seed=0)
+        settings = replace(settings, teacher="synthetic", student="resnet18", student_pretrained=False,
+                           student_size=32, teacher_size=32, shots=min(settings.shots, 8), epochs=min(settings.epochs, 20),
+                           max_unlabeled=None, val_fraction=0.1, batch_size=16)
+    elif args.data:
+        root = Path(args.data)
+    else:
+        from .data.cifar import prepare_cifar10
+
+        root = prepare_cifar10()
+    results = run_demo(root, Path(args.out), settings, progress=_progress())
+    acc, std = results["accuracy"], results["accuracy_std"]
+    seeds = len(results["per_seed"])
+    print(f"\ntest accuracy on {root} ({settings.shots} shots/class, {seeds} seed{'s' * (seeds > 1)}):")
+    for key, label in LABELS.items():
+        spread = f" +- {100 * std[key]:.2f}" if seeds > 1 else ""
+        print(f"  {label:<20} {_pct(acc[key])}{spread}")
+    print(f"wall time {results['wall_time_s']:.0f} s; wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'accuracy.png'}")
     return 0
 
 
@@ -214,8 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("demo", help="the end-to-end demo")
+    p = sub.add_parser("demo", help="teacher, CE, CE+KD and DHO side by side on CIFAR-10 (or --data DIR)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", help="an ImageFolder tree instead of CIFAR-10")
+    p.add_argument("--shots", type=_positive_int, help="labeled images per class (default 16)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of every method per seed")
+    p.add_argument("--student", help="student backbone (default efficientnet_lite0 with ImageNet weights; others start random)")
+    p.add_argument("--epochs", type=_positive_int, help="passes over the labeled set (default 60)")
+    p.add_argument("--max-unlabeled", type=_all_or_int, help="unlabeled images used (default 5000; 'all' for every one)")
+    p.add_argument("--synthetic", action="store_true", help="a seconds-long run on synthetic data and teacher")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -225,6 +249,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _all_or_int(text: str) -> int | str:
+    return text if text == "all" else _positive_int(text)
 
 
 def _version() -> str:

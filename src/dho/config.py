@@ -44,7 +44,7 @@ def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-TEACHER_KINDS = ("openclip", "synthetic")
+TEACHER_KINDS = ("openclip", "imagenet-bridge", "synthetic")
 HEAD_KINDS = ("linear", "cosine", "mlp")
 METHODS = ("dho", "ce", "kd_logit", "ce_kd_logit")
 SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
@@ -52,14 +52,19 @@ SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The frozen teacher. ``pretrained`` is an open_clip tag or a local checkpoint file."""
+    """The frozen teacher. ``pretrained`` is an open_clip tag or a local checkpoint file.
 
-    kind: Literal["openclip", "synthetic"] = "synthetic"
+    ``imagenet-bridge`` is the offline stand-in for a CLIP teacher: an ImageNet classifier whose
+    probabilities reach the task's classes through a text embedder (``bridge_tau`` its temperature).
+    """
+
+    kind: Literal["openclip", "imagenet-bridge", "synthetic"] = "synthetic"
     model: str = "RN50"
     pretrained: str | None = None
     templates: str = "default"
     zeta: float = 0.01
     image_size: int | None = None  # None: the model's own input size
+    bridge_tau: float = 0.1  # imagenet-bridge only
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
 
@@ -102,7 +107,10 @@ class DataConfig:
     split_seed: int = 1
     val_fraction: float = 0.1  # carved per class from train/ when there is no val/ folder
     test_fraction: float = 0.2  # carved per class when the root is a single class folder tree
+    max_unlabeled: int | None = None  # a class-balanced random subset of the unlabeled pool
     in_memory: bool = True  # decode every image once and keep the uint8 tensors
+    view_size: int | None = None  # training crops are made at this size; None = the larger model size
+    num_views: int | None = None  # distinct augmented views per image (pass p replays view p % n); None = new each pass
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -116,6 +124,10 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1)")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in (0, 1)")
+        if self.view_size is not None:
+            _check_positive("data.view_size", self.view_size)
+        if self.num_views is not None:
+            _check_positive("data.num_views", self.num_views)
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,7 @@ class EvalConfig:
     batch_size: int = 256
     eval_every: int = 0  # epochs between validation passes during training; 0 = only at the end
     keep: Literal["last", "best"] = "last"  # "best" keeps the epoch with the best validation mix
+    teacher: bool = True  # also score the teacher on validation and test
     alpha: float = 0.4  # used when there is no validation data (zero-shot teacher, METHOD.md 5)
     beta: float = 0.5
 
@@ -194,6 +207,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch threads; None = the free cores
+    channels_last: bool = True  # NHWC memory layout for convolutional students
     out: str = "runs/dho"
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,13 +124,13 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
 
 def zeroshot_accuracy(cfg, split: str = "test", *, progress: bool = False) -> dict:
     """The teacher's zero-shot accuracy on one split of ``cfg.data`` (a RunConfig)."""
-    from .data import EvalViews, ImageStore, make_splits
+    from .data import EvalViews, ImageStore
+    from .data.splits import splits_for
     from .teachers import build_teacher
     from .train import resolve_device
 
     d = cfg.data
-    manifest = make_splits(d.root, shots=d.shots, fraction=d.fraction, seed=d.split_seed,
-                           val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    manifest = splits_for(d)
     device = resolve_device(cfg.device)
     teacher = build_teacher(cfg.teacher, manifest.classes).to(device)
     views = EvalViews(ImageStore(manifest, manifest.split(split), in_memory=False), teacher.image_size)

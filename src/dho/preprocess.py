@@ -23,9 +23,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class Preprocess(nn.Module):
     """uint8/[0,1] images [B, 3, H, W] -> normalised float [B, 3, size, size]."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], size: int) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], size: int, channels_last: bool = False) -> None:
         super().__init__()
         self.size = int(size)
+        self.channels_last = channels_last  # hand convolutional models NHWC memory (faster on CPU)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -35,7 +36,8 @@ class Preprocess(nn.Module):
             x = x / 255.0
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def extra_repr(self) -> str:
         return f"size={self.size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

