@@ -82,3 +82,26 @@ def test_template_sets():
     assert get_templates("a {} here.|the {}.") == ("a {} here.", "the {}.")
     with pytest.raises(ValueError, match="unknown template set"):
         get_templates("imagenet8")
+
+
+def test_fold_batchnorm_keeps_outputs():
+    import timm
+
+    from dho.teachers.base import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=5, bn_eps=1e-3, pad_type="same")
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    bn_count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorm(model) == bn_count == 49
+        after = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)

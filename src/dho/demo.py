@@ -221,11 +221,11 @@ def plot_accuracy(results: dict, path: Path) -> Path:
     errors = [100 * results["accuracy_std"][k] for k in keys]
     colours = ["#999999", "#4C72B0", "#55A868", "#C44E52", "#DD8452", "#8172B3"]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
-    bars = ax.bar([LABELS[k] for k in keys], values, yerr=errors, color=colours, capsize=4)
+    seeds = len(results["per_seed"])
+    bars = ax.bar([LABELS[k] for k in keys], values, yerr=errors if seeds > 1 else None, color=colours, capsize=4)
     for bar, value in zip(bars, values):
         ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
                     xytext=(0, 3), textcoords="offset points", fontsize=9)
-    seeds = len(results["per_seed"])
     s = results["settings"]
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{s['student']} student, {s['shots']} shots/class, {seeds} seed{'s' * (seeds > 1)}; teacher {results['teacher'].split(':')[0]}")
