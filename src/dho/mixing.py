@@ -34,26 +34,25 @@ def mix_probs(ce_logits: Tensor, kd_logits: Tensor, alpha: float, beta: float) -
 def mixing_grid(
     ce_logits: Tensor, kd_logits: Tensor, labels: Tensor,
     alphas: Sequence[float] = DEFAULT_ALPHAS, betas: Sequence[float] = DEFAULT_BETAS,
-    max_elements: int = 1 << 25,
+    max_elements: int = 1 << 20,
 ) -> Tensor:
     """Accuracy (fraction) of every (beta, alpha) pair: [len(betas), len(alphas)].
 
-    Vectorised over the whole grid; rows are processed in chunks of at most ``max_elements``
-    mixed probabilities, so memory stays bounded for large N x C.
+    Vectorised over all alphas at once; for each beta, rows go in chunks of at most
+    ``max_elements`` mixed probabilities ([A, rows, C]), small enough to stay in cache.
     """
-    a = torch.tensor(alphas, dtype=torch.float32).view(1, -1, 1, 1)  # [1, A, 1, 1]
-    b = torch.tensor(betas, dtype=torch.float32).view(-1, 1, 1)  # [B, 1, 1]
+    a = torch.tensor(alphas, dtype=torch.float32).view(-1, 1, 1)  # [A, 1, 1]
     n, c = ce_logits.shape
-    chunk = max(1, max_elements // (a.numel() * b.numel() * c))
+    chunk = max(1, max_elements // (len(alphas) * c))
+    p_ce_all = ce_logits.float().cpu().softmax(-1)
+    kd_all, y_all = kd_logits.float().cpu(), labels.cpu()
     correct = torch.zeros(len(betas), len(alphas), dtype=torch.long)
-    for start in range(0, n, chunk):
-        ce = ce_logits[start:start + chunk].float().cpu()
-        kd = kd_logits[start:start + chunk].float().cpu()
-        y = labels[start:start + chunk].cpu()
-        p_ce = ce.softmax(-1).unsqueeze(0).unsqueeze(0)  # [1, 1, n, C]
-        p_kd = (kd.unsqueeze(0) / b).softmax(-1).unsqueeze(1)  # [B, 1, n, C]
-        pred = (a * p_ce + (1 - a) * p_kd).argmax(-1)  # [B, A, n]
-        correct += (pred == y).sum(-1)
+    for bi, beta in enumerate(betas):
+        p_kd_all = (kd_all / beta).softmax(-1)
+        for start in range(0, n, chunk):
+            p_ce, p_kd = p_ce_all[start:start + chunk], p_kd_all[start:start + chunk]
+            mixed = a * p_ce + (1 - a) * p_kd  # [A, rows, C], same arithmetic as mix_probs
+            correct[bi] += (mixed.argmax(-1) == y_all[start:start + chunk]).sum(-1)
     return correct.double() / max(n, 1)
 
 
