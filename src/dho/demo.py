@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data import EvalViews, ImageStore, TrainViews
 from .data.splits import splits_for
+from .evaluate import SplitLogits, score
 from .teachers import build_teacher
 from .teachers.cache import TeacherCache
 from .train import free_cores, planned_views, train
@@ -186,7 +187,7 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
     row_of = {key: row for row, key in enumerate(test_keys)}
     teacher_logits = test_rows[[row_of[f"test/{i}"] for i in range(len(manifest.test))]]
     test_labels = torch.tensor([y for _, y in manifest.test])
-    teacher_acc = float((teacher_logits.argmax(-1) == test_labels).double().mean())
+    teacher_acc = score(SplitLogits(test_labels, teacher=teacher_logits))["teacher"]
     log.info("teacher zero-shot test accuracy %.4f", teacher_acc)
 
     per_seed = []
