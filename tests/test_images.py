@@ -26,7 +26,7 @@ def test_train_views_replay(synth_root):
     views = TrainViews(ImageStore(m, m.labeled), 32, (0.5, 1.0), seed=7)
     lazy = TrainViews(ImageStore(m, m.labeled, in_memory=False), 32, (0.5, 1.0), seed=7)
     assert torch.equal(views[(3, 5)][0], lazy[(3, 5)][0])
-    assert views[(3, 5)][2] == views.store.sample_id(3) + "#5"
+    assert views[(3, 5)][2] == "7/" + views.store.sample_id(3) + "#5"  # seed / sample id # view
     replayed = TrainViews(views.store, 32, (0.5, 1.0), seed=7, num_views=2)
     assert torch.equal(replayed[(3, 5)][0], replayed[(3, 1)][0]) and replayed[(3, 5)][2].endswith("#1")
     assert not torch.equal(views[(3, 5)][0], views[(3, 6)][0])

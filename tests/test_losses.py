@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from dho.config import LossConfig
 from dho.heads import HeadOutput
-from dho.losses import dho_loss, kd_kl, method_loss
+from dho.losses import METHOD_SPECS, binary_kd, dho_loss, feature_kd, kd_kl, method_loss
+from dho.teachers import TeacherOutput
 
 
 def _kl(p, q):
@@ -75,7 +76,7 @@ def test_dho_loss_rejects_bad_inputs():
 def test_single_head_ce_kd_is_dho_loss_on_one_head():
     ce, kd, t = torch.randn(8, 5), torch.randn(8, 5), torch.randn(8, 5)
     labels = torch.randint(0, 5, (4,))
-    out = method_loss("ce_kd_logit", HeadOutput(torch.zeros(8, 2), ce, kd), labels, t, 4, LossConfig())
+    out = method_loss("ce_kd_logit", HeadOutput(torch.zeros(8, 2), ce, kd), labels, TeacherOutput(torch.zeros(8, 3), t), 4, LossConfig())
     ref = dho_loss(ce, ce, labels, t, num_labeled=4)
     assert out["loss"].item() == pytest.approx(ref["loss"].item(), rel=1e-6)
 
@@ -85,5 +86,78 @@ def test_ce_and_kd_logit_methods():
     labels = torch.tensor([1, 2])
     out = method_loss("ce", HeadOutput(torch.zeros(2, 2), ce[:2], ce[:2]), labels, None, 2, LossConfig())
     assert out["loss"].item() == pytest.approx(F.cross_entropy(ce[:2], labels).item(), rel=1e-6)
-    out = method_loss("kd_logit", HeadOutput(torch.zeros(4, 2), ce[2:], ce[2:]), labels[:0], t[2:], 0, LossConfig())
+    out = method_loss("kd_logit", HeadOutput(torch.zeros(4, 2), ce[2:], ce[2:]), labels[:0], TeacherOutput(torch.zeros(4, 3), t[2:]), 0, LossConfig())
     assert out["loss"].item() == pytest.approx(kd_kl(ce[2:], t[2:], 2.0).item(), rel=1e-6)
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_binary_kd_closed_form_and_zero_at_match():
+    s, t, T = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 0.0]]), 2.0
+    expected = 0.0
+    for si, ti in ((1.0, 3.0), (-2.0, 0.0)):
+        p, q = _sigmoid(ti / T), _sigmoid(si / T)
+        expected += p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    assert binary_kd(s, t, T).item() == pytest.approx(T**2 * expected, rel=1e-5)
+    x = torch.randn(4, 6)
+    assert binary_kd(x, x, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_kd_closed_form():
+    teacher = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    projected = torch.tensor([[5.0, 0.0], [1.0, 0.0]])  # same direction; orthogonal
+    assert feature_kd(projected, teacher, 1.5).item() == pytest.approx(1.5 * (0.0 + 2.0) / 2, rel=1e-6)
+
+
+def _batch(n_l=3, n_u=5, c=4, d=6, dt=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = HeadOutput(torch.randn(n_l + n_u, d, generator=g), torch.randn(n_l + n_u, c, generator=g),
+                     torch.randn(n_l + n_u, c, generator=g), torch.randn(n_l + n_u, dt, generator=g))
+    teacher = TeacherOutput(F.normalize(torch.randn(n_l + n_u, dt, generator=g), dim=-1), torch.randn(n_l + n_u, c, generator=g))
+    return out, teacher, torch.randint(0, c, (n_l,), generator=g)
+
+
+def test_sskd_distils_the_kd_head_on_unlabeled_rows_only():
+    out, teacher, labels = _batch()
+    losses = method_loss("sskd", out, labels, teacher, 3, LossConfig())
+    assert losses["kd_loss"].item() == pytest.approx(kd_kl(out.kd_logits[3:], teacher.logits[3:], 2.0).item(), rel=1e-6)
+    assert losses["ce_loss"].item() == pytest.approx(F.cross_entropy(out.ce_logits[:3], labels).item(), rel=1e-6)
+
+
+def test_dhkd_adds_binary_kd_on_the_auxiliary_head():
+    out, teacher, labels = _batch()
+    losses = method_loss("dhkd", out, labels, teacher, 3, LossConfig())
+    single = dho_loss(out.ce_logits, out.ce_logits, labels, teacher.logits, num_labeled=3)
+    aux = binary_kd(out.kd_logits[:3], teacher.logits[:3], 2.0) + binary_kd(out.kd_logits[3:], teacher.logits[3:], 2.0)
+    assert losses["aux_loss"].item() == pytest.approx(aux.item(), rel=1e-6)
+    assert losses["loss"].item() == pytest.approx((single["loss"] + 0.5 * aux).item(), rel=1e-6)
+
+
+def test_feature_methods_use_the_projection_and_default_weight():
+    out, teacher, labels = _batch()
+    w = math.log(4) / 2
+    kd_only = method_loss("kd_feature", out, labels, teacher, 3, LossConfig())
+    assert kd_only["loss"].item() == pytest.approx(feature_kd(out.projected[3:], teacher.features[3:], w).item(), rel=1e-6)
+    both = method_loss("ce_kd_feature", out, labels, teacher, 3, LossConfig(kd_reduction="mean", feature_weight=2.0))
+    expected = 0.5 * F.cross_entropy(out.ce_logits[:3], labels) + 0.5 * feature_kd(out.projected, teacher.features, 2.0)
+    assert both["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_pcgrad_loss_terms_equal_single_head_ce_kd():
+    out, teacher, labels = _batch()
+    a = method_loss("pcgrad", out, labels, teacher, 3, LossConfig())
+    b = method_loss("ce_kd_logit", out, labels, teacher, 3, LossConfig())
+    assert all(torch.equal(a[k], b[k]) for k in ("loss", "ce_loss", "kd_loss"))
+    assert METHOD_SPECS["pcgrad"].pcgrad and not METHOD_SPECS["ce_kd_logit"].pcgrad
+
+
+def test_every_method_has_a_spec_and_a_finite_loss():
+    from dho.config import METHODS
+
+    out, teacher, labels = _batch()
+    for method in METHODS:
+        losses = method_loss(method, out, labels, teacher, 3, LossConfig())
+        assert torch.isfinite(losses["loss"]) and {"loss", "ce_loss", "kd_loss"} <= set(losses), method
+    assert set(METHODS) == set(METHOD_SPECS)

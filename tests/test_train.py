@@ -85,3 +85,35 @@ def test_planned_views_cover_every_view_a_run_draws(tiny_cfg):
     computed = cache.misses
     train(cfg, teacher=teacher, teacher_cache=cache)
     assert cache.misses == computed and cache.hits == 5 * 16  # 5 steps of 8 labeled + 8 unlabeled
+
+
+@pytest.mark.parametrize("method", ["kd_feature", "ce_kd_feature", "sskd", "dhkd", "pcgrad"])
+def test_baseline_methods_train_and_predict_as_specified(tiny_cfg, method):
+    from dho.checkpoint import load_student
+    from dho.losses import METHOD_SPECS
+
+    spec = METHOD_SPECS[method]
+    result = train(tiny_cfg.override({"loss.method": method, "optim.epochs": 2}))
+    r = result.results
+    assert r["alpha"] == 1.0 and r["test"]["mixed"] == r["test"]["ce_head"]  # none of them mixes
+    assert (result.student.kd_head is not None) == spec.dual_head
+    assert (result.student.projector is not None) == spec.projector
+    reloaded = load_student(result.run_dir / "checkpoint")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(reloaded.predict(images).probs, result.student.predict(images).probs, atol=1e-6)
+
+
+def test_pcgrad_equals_plain_sum_when_gradients_never_conflict(tiny_cfg):
+    # with the KD weight at zero there is nothing to project: PCGrad must reproduce ce_kd_logit exactly
+    cfg = tiny_cfg.override({"optim.epochs": 2, "loss.kd_weight": 0.0})
+    a = train(cfg.override({"loss.method": "pcgrad", "out": cfg.out + "_a"}))
+    b = train(cfg.override({"loss.method": "ce_kd_logit", "out": cfg.out + "_b"}))
+    for (name, x), (_, y) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_few_shot_teacher_is_fitted_and_described(tiny_cfg):
+    result = train(tiny_cfg.override({"teacher.adapter": "tip-f", "teacher.adapter_epochs": 2, "optim.epochs": 2,
+                                      "data.val_fraction": 0.2}))
+    assert result.results["teacher"].endswith("+tip-adapter-f")
+    assert 0.0 <= result.results["test"]["teacher"] <= 1.0

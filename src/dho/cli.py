@@ -174,6 +174,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep, run_sweep
+
+    sweep, base = load_sweep(args.config, args.overrides)
+    out = Path(args.out or base.out)
+    path = run_sweep(sweep, base, out, progress=_progress())
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    print(f"{'teacher':<14} {'shots':>5} {'seed':>4}  {'method':<14} {'test':>8}")
+    for r in rows:
+        test = float(r["test"]) if r["test"] else None
+        print(f"{r['teacher']:<14} {r['shots']:>5} {r['seed']:>4}  {r['method']:<14} {_pct(test)}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    written = write_report(args.sweep, args.out)
+    table = written.get("table.md")
+    if table is not None:
+        print(table.read_text())
+    for name, path in written.items():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_linear_eval(args: argparse.Namespace) -> int:
+    from .features import linear_eval_run
+
+    r = linear_eval_run(args.run, data_root=args.data, train_split=args.train_split, device=args.device,
+                        progress=_progress())
+    print(f"linear evaluation of {args.run} ({r['n_train']} training images, {r['n_test']} test):")
+    print(f"  top-1 {_pct(r['top1'])}   top-{r.get('top5_k', 5)} {_pct(r['top5'])}")
+    print(f"wrote {Path(args.run) / 'linear_eval.json'}")
+    return 0
+
+
+def cmd_tsne(args: argparse.Namespace) -> int:
+    from .features import tsne_run
+
+    path = tsne_run(args.run, args.out, split=args.split, max_points=args.max_points, data_root=args.data,
+                    device=args.device, progress=_progress())
+    print(f"wrote {path}")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dho", description="Dual-Head Optimization: distil a CLIP teacher into a small classifier.")
@@ -216,6 +264,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="methods x shots x seeds (x teachers) from one sweep file; resumable")
+    p.add_argument("config", help="sweep YAML: a 'sweep:' grid and a 'run:' config (see configs/sweep-*.yaml)")
+    p.add_argument("--out", help="sweep directory (default: the run config's out)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run config")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables (markdown, CSV) and plots of a sweep directory")
+    p.add_argument("sweep", help="a directory written by `dho sweep`")
+    p.add_argument("--out", help="where to write (default SWEEP/report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("linear-eval", help="linear evaluation of a run's frozen student features on fully labeled data")
+    p.add_argument("run", help="a run directory (or its checkpoint/)")
+    p.add_argument("--train-split", default="labeled+unlabeled", help="training images, '+'-joined split names")
+    p.add_argument("--data", help="the dataset root, if it moved since training")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_linear_eval)
+
+    p = sub.add_parser("tsne", help="t-SNE plot of a run's student features")
+    p.add_argument("run", help="a run directory (or its checkpoint/)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--max-points", type=_positive_int, default=2000)
+    p.add_argument("--data", help="the dataset root, if it moved since training")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="PNG path (default RUN/tsne_SPLIT.png)")
+    p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser("zeroshot", help="the teacher's zero-shot accuracy on a split")
     p.add_argument("--config")

@@ -46,7 +46,8 @@ def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 TEACHER_KINDS = ("openclip", "imagenet-bridge", "synthetic")
 HEAD_KINDS = ("linear", "cosine", "mlp")
-METHODS = ("dho", "ce", "kd_logit", "ce_kd_logit")
+METHODS = ("dho", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad")
+ADAPTERS = ("none", "tip", "tip-f")
 SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
 
 
@@ -67,9 +68,14 @@ class TeacherConfig:
     bridge_tau: float = 0.1  # imagenet-bridge only
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
+    adapter: Literal["none", "tip", "tip-f"] = "none"  # few-shot teacher: Tip-Adapter(-F) on the labeled shots
+    adapter_views: int = 10  # augmented views of each shot for the cache keys (and Tip-Adapter-F's training)
+    adapter_epochs: int = 20  # Tip-Adapter-F key fine-tuning
 
     def __post_init__(self) -> None:
         _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
+        _check_choice("teacher.adapter", self.adapter, ADAPTERS)
+        _check_positive("teacher.adapter_views", self.adapter_views)
         _check_positive("teacher.zeta", self.zeta)
 
 
@@ -134,11 +140,12 @@ class DataConfig:
 class LossConfig:
     """Which method trains the student and the weights of its loss terms (METHOD.md 4)."""
 
-    method: Literal["dho", "ce", "kd_logit", "ce_kd_logit"] = "dho"
+    method: Literal["dho", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad"] = "dho"
     ce_weight: float = 0.5
     kd_weight: float = 0.5
     temperature: float = 2.0
     kd_reduction: Literal["sum", "mean"] = "sum"  # "sum" = the authors' code
+    feature_weight: float | None = None  # feature-KD MSE weight; None = ln(C) / 2, the CE scale at chance
 
     def __post_init__(self) -> None:
         _check_choice("loss.method", self.method, METHODS)
@@ -186,8 +193,10 @@ class EvalConfig:
     teacher: bool = True  # also score the teacher on validation and test
     alpha: float = 0.4  # used when there is no validation data (zero-shot teacher, METHOD.md 5)
     beta: float = 0.5
+    conflict_every: int = 0  # steps between gradient-conflict measurements (metrics.jsonl); 0 = off
 
     def __post_init__(self) -> None:
+        _check_positive("eval.conflict_every", self.conflict_every, allow_zero=True)
         _check_choice("eval.keep", self.keep, ("last", "best"))
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"eval.alpha={self.alpha!r} must be in [0, 1]")

@@ -82,10 +82,10 @@ def _init_worker() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
-def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tuple[list[str], torch.Tensor]:
-    """Teacher logits [N, C] for (index, view) pairs of a training stream, or for test indices
-    (view -1), with their :class:`TeacherCache` keys. One tensor crosses the process boundary,
-    not N (each tensor sent between processes costs a shared-memory handle)."""
+def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Teacher features [N, D] and logits [N, C] for (index, view) pairs of a training stream, or
+    for test indices (view -1), with their :class:`TeacherCache` keys. Two tensors cross the
+    process boundary, not 2N (each tensor sent between processes costs a shared-memory handle)."""
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes)
     store = ImageStore(manifest, manifest.split(split), in_memory=False)
@@ -96,14 +96,16 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
     else:
         views = TrainViews(store, size, cfg.optim.crop_scale, seed=cfg.seed, num_views=cfg.data.num_views)
         batch = [(key, image) for image, _, key in (views[k] for k in keys)]
-    logits = [teacher(torch.stack([image for _, image in batch[i:i + 128]])).logits for i in range(0, len(batch), 128)]
-    return [key for key, _ in batch], torch.cat(logits) if logits else torch.empty(0)
+    outs = [teacher(torch.stack([image for _, image in batch[i:i + 128]])) for i in range(0, len(batch), 128)]
+    if not outs:
+        return [], torch.empty(0), torch.empty(0)
+    return [key for key, _ in batch], torch.cat([o.features for o in outs]), torch.cat([o.logits for o in outs])
 
 
-def _train_job(cfg: RunConfig, keys: list[str], logits: torch.Tensor) -> dict:
+def _train_job(cfg: RunConfig, keys: list[str], features: torch.Tensor, logits: torch.Tensor) -> dict:
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes)
-    result = train(cfg, teacher=teacher, teacher_cache=TeacherCache(teacher, dict(zip(keys, logits))))
+    result = train(cfg, teacher=teacher, teacher_cache=TeacherCache(teacher, dict(zip(keys, zip(features, logits)))))
     return {k: result.results[k] for k in ("method", "alpha", "beta", "selection", "test", "val", "steps", "wall_time_s")}
 
 
@@ -165,7 +167,7 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
             future.add_done_callback(lambda _: bar.update())
             return future
 
-        futures = {(seed, "ce"): submit(_train_job, cfgs[(seed, "ce")], [], torch.empty(0)) for seed in settings.seeds}
+        futures = {(seed, "ce"): submit(_train_job, cfgs[(seed, "ce")], [], torch.empty(0), torch.empty(0)) for seed in settings.seeds}
         test_jobs = [submit(_teacher_job, first, "test", shard) for shard in _shards([(i, -1) for i in range(len(manifest.test))], workers)]
         view_jobs = {}
         for seed in settings.seeds:
@@ -174,16 +176,17 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
             view_jobs[seed] = [submit(_teacher_job, cfg, split, shard) for split, keys in plan.items() for shard in _shards(keys, workers)]
         for seed in settings.seeds:
             parts = [job.result() for job in view_jobs[seed]]
-            keys = [key for part_keys, _ in parts for key in part_keys]
-            logits = torch.cat([part_logits for part_keys, part_logits in parts if part_keys])
+            keys = [key for part_keys, _, _ in parts for key in part_keys]
+            features = torch.cat([f for part_keys, f, _ in parts if part_keys])
+            logits = torch.cat([t for part_keys, _, t in parts if part_keys])
             log.info("seed %d: teacher outputs for %d training views", seed, len(keys))
             for method in ("dho", "ce_kd_logit"):
-                futures[(seed, method)] = submit(_train_job, cfgs[(seed, method)], keys, logits)
+                futures[(seed, method)] = submit(_train_job, cfgs[(seed, method)], keys, features, logits)
         test_parts = [job.result() for job in test_jobs]
         runs = {f"seed{seed}/{method}": futures[(seed, method)].result() for seed, method in sorted(futures)}
     bar.close()
-    test_keys = [key for keys, _ in test_parts for key in keys]
-    test_rows = torch.cat([logits for keys, logits in test_parts if keys])
+    test_keys = [key for keys, _, _ in test_parts for key in keys]
+    test_rows = torch.cat([logits for keys, _, logits in test_parts if keys])
     row_of = {key: row for row, key in enumerate(test_keys)}
     teacher_logits = test_rows[[row_of[f"test/{i}"] for i in range(len(manifest.test))]]
     test_labels = torch.tensor([y for _, y in manifest.test])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CosineHead", "HeadOutput", "MLPHead", "build_head", "init_head_from_embeddings"]
+__all__ = ["CosineHead", "HeadOutput", "MLPHead", "TextHead", "build_head", "init_head_from_embeddings"]
 
 
 @dataclass
@@ -16,6 +16,7 @@ class HeadOutput:
     features: Tensor  # [B, D] backbone features z
     ce_logits: Tensor  # [B, C] from h_CE
     kd_logits: Tensor  # [B, C] from h_KD (the same tensor as ce_logits for single-head students)
+    projected: Tensor | None = None  # [B, D_teacher] projector output (feature-KD students)
 
 
 class CosineHead(nn.Module):
@@ -36,6 +37,19 @@ class CosineHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, zeta={self.zeta}, normalize_weight={self.normalize_weight}"
+
+
+class TextHead(nn.Module):
+    """A frozen zero-shot classifier on projected features: cos(p, w_c) / zeta with the teacher's
+    class embeddings w [C, D] (a buffer, saved with the student). Feature-KD students predict so."""
+
+    def __init__(self, embeddings: Tensor, zeta: float = 0.01) -> None:
+        super().__init__()
+        self.zeta = zeta
+        self.register_buffer("embeddings", F.normalize(embeddings.float(), dim=-1))
+
+    def forward(self, projected: Tensor) -> Tensor:
+        return F.linear(F.normalize(projected, dim=-1), self.embeddings) / self.zeta
 
 
 class MLPHead(nn.Sequential):

@@ -6,6 +6,7 @@ heads and teacher outputs a method needs, so the training loop stays the same fo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,9 @@ from torch import Tensor
 
 from .config import LossConfig
 from .heads import HeadOutput
+from .teachers.base import TeacherOutput
 
-__all__ = ["METHOD_SPECS", "MethodSpec", "dho_loss", "kd_kl", "method_loss"]
+__all__ = ["METHOD_SPECS", "MethodSpec", "binary_kd", "dho_loss", "feature_kd", "kd_kl", "method_loss"]
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -24,6 +26,31 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
+
+
+def binary_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """DHKD's binary KD: each class is a Bernoulli sigmoid(logit / T) on the pre-softmax logits;
+    T^2 * sum over classes of KL(teacher || student), averaged over rows. [B, C], [B, C] -> []."""
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    p_t = torch.sigmoid(t)
+    kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    return kl.sum(-1).mean() * temperature**2
+
+
+def feature_kd(projected: Tensor, teacher_features: Tensor, weight: float) -> Tensor:
+    """Feature distillation (CLIP-KD): weight * mean over rows of |normalize(p) - f|^2, where f is the
+    teacher's L2-normalised image feature [B, D] and p the student's projected feature [B, D].
+    The squared distance is 2 at cos = 0, so weight = ln(C) / 2 matches CE at chance."""
+    diff = F.normalize(projected.float(), dim=-1) - teacher_features.float()
+    return weight * diff.pow(2).sum(-1).mean()
+
+
+def _labeled_unlabeled(fn, num_labeled: int, n: int, reduction: str, *tensors: Tensor) -> Tensor:
+    """fn over all rows ("mean") or fn(labeled rows) + fn(unlabeled rows) ("sum", the authors' code)."""
+    if reduction == "mean":
+        return fn(*tensors)
+    parts = [(a, b) for a, b in ((0, num_labeled), (num_labeled, n)) if b > a]
+    return sum(fn(*(t[a:b] for t in tensors)) for a, b in parts)
 
 
 def dho_loss(
@@ -52,13 +79,9 @@ def dho_loss(
         raise ValueError(f"logit shapes differ: {tuple(ce_logits.shape)}, {tuple(kd_logits.shape)}, {tuple(teacher_logits.shape)}")
     if kd_reduction not in ("sum", "mean"):
         raise ValueError(f"kd_reduction={kd_reduction!r}; choose 'sum' or 'mean'")
-    zero = ce_logits.new_zeros(())
-    ce = F.cross_entropy(ce_logits[:num_labeled].float(), labels) if num_labeled > 0 else zero
-    if kd_reduction == "mean":
-        kd = kd_kl(kd_logits, teacher_logits, temperature)
-    else:
-        parts = [(0, num_labeled), (num_labeled, kd_logits.shape[0])]
-        kd = sum((kd_kl(kd_logits[a:b], teacher_logits[a:b], temperature) for a, b in parts if b > a), zero)
+    ce = F.cross_entropy(ce_logits[:num_labeled].float(), labels) if num_labeled > 0 else ce_logits.new_zeros(())
+    kd = _labeled_unlabeled(lambda s, t: kd_kl(s, t, temperature), num_labeled, kd_logits.shape[0], kd_reduction,
+                            kd_logits, teacher_logits)
     return {"loss": ce_weight * ce + kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
 
 
@@ -68,35 +91,69 @@ class MethodSpec:
 
     labeled: bool  # draws labeled batches
     unlabeled: bool  # draws unlabeled batches
-    teacher: bool  # needs teacher logits
-    dual_head: bool  # trains two heads and predicts with the alpha/beta mix
+    teacher: bool  # needs teacher outputs
+    dual_head: bool  # the student has a second head (h_KD, or SSKD/DHKD's auxiliary head)
     summary: str
+    predict: str = "ce_head"  # "mix": the tuned alpha/beta mix of both heads; "ce_head": h_CE alone
+    projector: bool = False  # a linear projector to the teacher's feature space (feature KD)
+    pcgrad: bool = False  # project conflicting CE/KD gradients (Yu et al. 2020) instead of summing
 
 
 METHOD_SPECS: dict[str, MethodSpec] = {
-    "dho": MethodSpec(True, True, True, True, "CE head on labeled, KD head on all images; predict with the tuned mix"),
     "ce": MethodSpec(True, False, False, False, "cross-entropy on the labeled images only"),
-    "kd_logit": MethodSpec(False, True, True, False, "logit distillation (KL to the teacher) on unlabeled images only"),
-    "ce_kd_logit": MethodSpec(True, True, True, False, "one head trained with lambda*CE + (1-lambda)*KD"),
+    "kd_logit": MethodSpec(False, True, True, False, "logit distillation (KL to the teacher) on the unlabeled images only"),
+    "kd_feature": MethodSpec(
+        False, True, True, False, "feature distillation (MSE to the teacher's image feature through a linear projector) "
+        "on the unlabeled images; predicts by cosine with the teacher's class embeddings", projector=True),
+    "ce_kd_logit": MethodSpec(True, True, True, False, "one head trained with lambda*CE + (1-lambda)*KD(logit)"),
+    "ce_kd_feature": MethodSpec(True, True, True, False, "one head trained with CE, plus feature KD through a projector",
+                                projector=True),
+    "sskd": MethodSpec(True, True, True, True, "SSKD: CE head on labeled, KD head on unlabeled images; predicts with h_CE"),
+    "dhkd": MethodSpec(True, True, True, True, "DHKD: CE+KD on h_CE, binary KD on an auxiliary head; predicts with h_CE"),
+    "pcgrad": MethodSpec(True, True, True, False, "one head, CE+KD(logit) with PCGrad on the conflicting gradients",
+                         pcgrad=True),
+    "dho": MethodSpec(True, True, True, True, "CE head on labeled, KD head on all images; predict with the tuned mix",
+                      predict="mix"),
 }
 
 
 def method_loss(
-    method: str, out: HeadOutput, labels: Tensor, teacher_logits: Tensor | None, num_labeled: int, cfg: LossConfig,
+    method: str, out: HeadOutput, labels: Tensor, teacher: TeacherOutput | None, num_labeled: int, cfg: LossConfig,
 ) -> dict[str, Tensor]:
-    """The loss of ``method`` on a batch laid out as in :func:`dho_loss`."""
+    """The loss of ``method`` on a batch laid out as in :func:`dho_loss` (labeled rows first).
+
+    ``ce_loss`` and ``kd_loss`` are the unweighted terms (gradient-conflict diagnostics and PCGrad
+    use them); ``loss`` = ce_weight * ce_loss + kd_weight * kd_loss except for the pure methods.
+    """
+    if method not in METHOD_SPECS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_SPECS)}")
+    n, T = out.ce_logits.shape[0], cfg.temperature
     if method == "ce":
         ce = F.cross_entropy(out.ce_logits[:num_labeled].float(), labels)
         return {"loss": ce, "ce_loss": ce, "kd_loss": torch.zeros_like(ce)}
-    if teacher_logits is None:
-        raise ValueError(f"method {method!r} needs teacher logits")
+    if teacher is None:
+        raise ValueError(f"method {method!r} needs teacher outputs")
+    if method in ("kd_feature", "ce_kd_feature"):
+        weight = cfg.feature_weight if cfg.feature_weight is not None else math.log(out.ce_logits.shape[1]) / 2
+        if method == "kd_feature":
+            kd = feature_kd(out.projected[num_labeled:], teacher.features[num_labeled:], weight)
+            return {"loss": kd, "ce_loss": torch.zeros_like(kd), "kd_loss": kd}
+        kd = _labeled_unlabeled(lambda p, f: feature_kd(p, f, weight), num_labeled, n, cfg.kd_reduction,
+                                out.projected, teacher.features)
+        ce = F.cross_entropy(out.ce_logits[:num_labeled].float(), labels)
+        return {"loss": cfg.ce_weight * ce + cfg.kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
     if method == "kd_logit":
-        kd = kd_kl(out.ce_logits[num_labeled:], teacher_logits[num_labeled:], cfg.temperature)
+        kd = kd_kl(out.ce_logits[num_labeled:], teacher.logits[num_labeled:], T)
         return {"loss": kd, "ce_loss": torch.zeros_like(kd), "kd_loss": kd}
-    kd_logits = out.kd_logits if method == "dho" else out.ce_logits  # ce_kd_logit: one head for both
-    if method not in ("dho", "ce_kd_logit"):
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_SPECS)}")
-    return dho_loss(
-        out.ce_logits, kd_logits, labels, teacher_logits, num_labeled=num_labeled, ce_weight=cfg.ce_weight,
-        kd_weight=cfg.kd_weight, temperature=cfg.temperature, kd_reduction=cfg.kd_reduction,
-    )
+    if method == "sskd":  # the KD head sees only the unlabeled images
+        ce = F.cross_entropy(out.ce_logits[:num_labeled].float(), labels)
+        kd = kd_kl(out.kd_logits[num_labeled:], teacher.logits[num_labeled:], T)
+        return {"loss": cfg.ce_weight * ce + cfg.kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
+    kd_logits = out.kd_logits if method == "dho" else out.ce_logits  # ce_kd_logit, pcgrad, dhkd: KD on h_CE
+    losses = dho_loss(out.ce_logits, kd_logits, labels, teacher.logits, num_labeled=num_labeled,
+                      ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=T, kd_reduction=cfg.kd_reduction)
+    if method == "dhkd":
+        aux = _labeled_unlabeled(lambda s, t: binary_kd(s, t, T), num_labeled, n, cfg.kd_reduction,
+                                 out.kd_logits, teacher.logits)
+        losses = {**losses, "loss": losses["loss"] + cfg.kd_weight * aux, "aux_loss": aux}
+    return losses

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import StudentConfig
-from .heads import HeadOutput, build_head, init_head_from_embeddings
+from .heads import HeadOutput, TextHead, build_head, init_head_from_embeddings
 from .mixing import mix_probs
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -131,12 +131,15 @@ class Prediction:
 
 class DualHeadStudent(nn.Module):
     """Backbone g and heads h_CE, h_KD on the same features z. A single-head student (baselines)
-    has one head whose logits serve as both ``ce_logits`` and ``kd_logits``."""
+    has one head whose logits serve as both ``ce_logits`` and ``kd_logits``. Feature-KD students
+    add a linear ``projector`` z -> teacher feature space; a ``TextHead`` as h_CE reads its output."""
 
     def __init__(self, backbone: nn.Module, preprocess: Preprocess, ce_head: nn.Module,
-                 kd_head: nn.Module | None, spec: dict, classnames: Sequence[str]) -> None:
+                 kd_head: nn.Module | None, spec: dict, classnames: Sequence[str],
+                 projector: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.preprocess, self.ce_head, self.kd_head = backbone, preprocess, ce_head, kd_head
+        self.projector = projector
         self.spec = dict(spec)
         self.classnames = list(classnames)
         self.alpha, self.beta = (0.5, 1.0) if kd_head is not None else (1.0, 1.0)
@@ -148,8 +151,9 @@ class DualHeadStudent(nn.Module):
     def forward(self, images: Tensor) -> HeadOutput:
         """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits."""
         z = self.backbone(self.preprocess(images))
-        ce = self.ce_head(z)
-        return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce)
+        projected = self.projector(z) if self.projector is not None else None
+        ce = self.ce_head(projected if isinstance(self.ce_head, TextHead) else z)
+        return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce, projected)
 
     @torch.no_grad()
     def predict(self, images: Any, alpha: float | None = None, beta: float | None = None,
@@ -181,18 +185,26 @@ class DualHeadStudent(nn.Module):
 
 
 def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: bool = True,
-                  class_embeddings: Tensor | None = None) -> DualHeadStudent:
-    """The configured backbone with fresh heads for ``classnames``."""
+                  class_embeddings: Tensor | None = None, projector_dim: int | None = None,
+                  text_head: bool = False) -> DualHeadStudent:
+    """The configured backbone with fresh heads for ``classnames``.
+
+    ``projector_dim``: add a linear projector to a teacher feature space of that size (feature KD);
+    ``text_head``: h_CE is the frozen cosine classifier over ``class_embeddings`` [C, projector_dim]
+    applied to the projector's output (a student trained by feature KD alone predicts so)."""
     backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights)
     num_classes = len(classnames)
+    projector = nn.Linear(num_features, projector_dim) if projector_dim else None
+    if text_head and (projector is None or class_embeddings is None or class_embeddings.shape[-1] != projector_dim):
+        raise ValueError("a text head needs a projector and class embeddings of the projector's size")
 
     def head(kind: str) -> nn.Module:
         return build_head(kind, num_features, num_classes, zeta=cfg.zeta,
                           normalize_weight=cfg.cosine_normalize_weight, dropout=cfg.mlp_dropout)
 
-    ce_head = head(cfg.ce_head)
+    ce_head = TextHead(class_embeddings, cfg.zeta) if text_head else head(cfg.ce_head)
     kd_head = head(cfg.kd_head) if dual_head else None
-    if cfg.language_init:
+    if cfg.language_init and not text_head:
         if class_embeddings is None:
             log.warning("student.language_init is set but the teacher gave no class embeddings")
         else:
@@ -202,12 +214,14 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
                             tuple(class_embeddings.shape), num_features)
     spec = {
         "backbone": cfg.backbone, "source": _resolve_source(cfg.backbone, cfg.source), "num_features": num_features,
-        "num_classes": num_classes, "ce_head": cfg.ce_head, "kd_head": cfg.kd_head if dual_head else None,
+        "num_classes": num_classes, "ce_head": "text" if text_head else cfg.ce_head,
+        "kd_head": cfg.kd_head if dual_head else None, "projector_dim": projector_dim,
         "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "mlp_dropout": cfg.mlp_dropout,
         "image_size": cfg.image_size, "mean": list(norm["mean"]), "std": list(norm["std"]),
         "timm_kwargs": norm["timm_kwargs"],
     }
-    return DualHeadStudent(backbone, Preprocess(norm["mean"], norm["std"], cfg.image_size), ce_head, kd_head, spec, classnames)
+    preprocess = Preprocess(norm["mean"], norm["std"], cfg.image_size)
+    return DualHeadStudent(backbone, preprocess, ce_head, kd_head, spec, classnames, projector)
 
 
 def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
@@ -222,5 +236,8 @@ def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
                           normalize_weight=spec["cosine_normalize_weight"], dropout=spec["mlp_dropout"])
 
     kd_head = head(spec["kd_head"]) if spec.get("kd_head") else None
+    dim = spec.get("projector_dim")
+    projector = nn.Linear(num_features, dim) if dim else None
+    ce_head = TextHead(torch.zeros(spec["num_classes"], dim), spec["zeta"]) if spec["ce_head"] == "text" else head(spec["ce_head"])
     preprocess = Preprocess(spec["mean"], spec["std"], spec["image_size"])
-    return DualHeadStudent(backbone, preprocess, head(spec["ce_head"]), kd_head, spec, classnames)
+    return DualHeadStudent(backbone, preprocess, ce_head, kd_head, spec, classnames, projector)

@@ -28,12 +28,14 @@ from .config import RunConfig, save_config
 from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews
 from .data.splits import splits_for
 from .evaluate import collect_logits, score
+from .gradients import gradient_conflict, pcgrad_backward
 from .losses import METHOD_SPECS, method_loss
-from .mixing import search_mixing
+from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
 from .optim import build_optimizer, build_scheduler
 from .students import DualHeadStudent, build_student
-from .teachers import Teacher, build_teacher
+from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
+from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 
 __all__ = ["RunResult", "free_cores", "planned_views", "resolve_device", "seed_everything", "total_steps", "train"]
 
@@ -109,18 +111,38 @@ def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
     """alpha/beta from the validation grid, or the documented defaults without validation data."""
     if not student.dual_head:
         return {"alpha": 1.0, "beta": 1.0, "selection": "single head"}
+    if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
+        return {"alpha": 1.0, "beta": 1.0, "selection": f"{cfg.loss.method} predicts with h_CE"}
     if val_logits is None or len(val_logits.labels) == 0:
         return {"alpha": cfg.eval.alpha, "beta": cfg.eval.beta, "selection": "default (no validation data)"}
     best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
     return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
 
 
+def write_mixing_grid(path: Path, val_logits) -> None:
+    """The validation accuracy of every (alpha, beta) of the search grid, as CSV (for heat maps)."""
+    grid = mixing_grid(val_logits.ce, val_logits.kd, val_logits.labels)  # [betas, alphas]
+    rows = ["alpha,beta,accuracy"] + [f"{a:g},{b:g},{float(grid[bi, ai]):.6f}" for bi, b in enumerate(DEFAULT_BETAS)
+                                      for ai, a in enumerate(DEFAULT_ALPHAS)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _build_student(cfg: RunConfig, teacher: Teacher, classes: list[str]) -> DualHeadStudent:
+    spec = METHOD_SPECS[cfg.loss.method]
+    embeddings = teacher.class_embeddings.cpu()
+    return build_student(cfg.student, classes, dual_head=spec.dual_head, class_embeddings=embeddings,
+                         projector_dim=embeddings.shape[1] if spec.projector else None,
+                         text_head=cfg.loss.method == "kd_feature")
+
+
 def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = None,
           teacher_cache: TeacherCache | None = None) -> RunResult:
     """Train a student as configured; write the run directory; return its results.
 
-    ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``); ``teacher_cache``
-    replays teacher outputs of views seen before (e.g. by another method on the same seed).
+    ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``; a
+    :class:`FewShotTeacher` is used as given, otherwise one is fitted when ``teacher.adapter`` asks);
+    ``teacher_cache`` replays the base teacher's outputs of views seen before (e.g. by another
+    method or shot count on the same seed).
     """
     # ---- setup ------------------------------------------------------------------------------
     started = time.time()
@@ -143,12 +165,19 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     elif teacher.classnames != manifest.classes:
         raise ValueError("the given teacher was built for other classes than this dataset's")
     teacher = teacher.to(device)
-    student = build_student(cfg.student, manifest.classes, dual_head=spec.dual_head,
-                            class_embeddings=teacher.class_embeddings.cpu()).to(device)
+    student = _build_student(cfg, teacher, manifest.classes).to(device)
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
         student.preprocess.channels_last = True
     view_size = d.view_size or max(student.preprocess.size, teacher.image_size)
+    if cfg.teacher.adapter != "none" and not isinstance(teacher, FewShotTeacher):
+        teacher = fit_fewshot_teacher(cfg, teacher, manifest, view_size, teacher_cache)
+
+    def teacher_outputs(images: torch.Tensor, keys: list[str]) -> TeacherOutput:
+        if teacher_cache is None:
+            return teacher(images)
+        out = teacher_cache.outputs(images, keys)  # the base teacher's outputs
+        return teacher.adapt(out) if isinstance(teacher, FewShotTeacher) else out
     eval_size = max(student.preprocess.size, teacher.image_size) if cfg.eval.teacher else student.preprocess.size
 
     def store(items, name):
@@ -183,15 +212,21 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
         num_labeled = len(labels)
         images = torch.cat(parts).to(device, non_blocking=True)  # [B_l + B_u, 3, S, S] uint8
         labels = labels.to(device)
-        teacher_logits = None
-        if spec.teacher:
-            teacher_logits = teacher_cache.logits(images, keys) if teacher_cache is not None else teacher(images).logits
+        t_out = teacher_outputs(images, keys) if spec.teacher else None
         out = student(images)
-        losses = method_loss(cfg.loss.method, out, labels, teacher_logits, num_labeled, cfg.loss)
+        losses = method_loss(cfg.loss.method, out, labels, t_out, num_labeled, cfg.loss)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+        if cfg.eval.conflict_every and step % cfg.eval.conflict_every == 0:
+            conflict = gradient_conflict(student.backbone, out, losses, labels, t_out, num_labeled)
+            if conflict is not None:
+                metrics.write({"step": step + 1, "epoch": (step + 1) / spe, "conflict": conflict})
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        if spec.pcgrad:
+            pcgrad_backward([cfg.loss.ce_weight * losses["ce_loss"], cfg.loss.kd_weight * losses["kd_loss"]],
+                            list(student.parameters()))
+        else:
+            losses["loss"].backward()
         optimizer.step()
         scheduler.step()
 
@@ -219,6 +254,8 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     val_logits = collect_logits(val_views, student, eval_teacher, desc="validation", **eval_kw) if val_views else None
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix["alpha"], mix["beta"]
+    if val_logits is not None and len(val_logits.labels) and student.dual_head:
+        write_mixing_grid(run_dir / "mixing_grid.csv", val_logits)
     test_views = EvalViews(store(manifest.test, "test"), eval_size) if manifest.test else None
     test = score(collect_logits(test_views, student, eval_teacher, desc="test", **eval_kw), student.alpha, student.beta) if test_views else {}
     results = {

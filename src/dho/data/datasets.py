@@ -45,7 +45,7 @@ class TrainViews(Dataset):
 
     The crop is a pure function of (seed, sample id, view) with view = pass, or pass % num_views
     when a finite number of views per image is wanted (so teacher outputs can be replayed). The
-    view key "<sample id>#<view>" names it for caches.
+    view key "<seed>/<sample id>#<view>" names it for caches.
     """
 
     def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int, num_views: int | None = None) -> None:
@@ -59,7 +59,7 @@ class TrainViews(Dataset):
         view = epoch % self.num_views if self.num_views else epoch
         image, sample_id = self.store.image(index), self.store.sample_id(index)
         params = crop_params(self.seed, sample_id, view, image.shape[1], image.shape[2], self.scale)
-        return apply_crop(image, params, self.size), self.store.labels[index], f"{sample_id}#{view}"
+        return apply_crop(image, params, self.size), self.store.labels[index], f"{self.seed}/{sample_id}#{view}"
 
 
 class EvalViews(Dataset):

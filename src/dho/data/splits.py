@@ -30,7 +30,7 @@ class SplitManifest:
     info: dict = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
-        return Path(self.root) / rel
+        return Path(self.root).expanduser() / rel
 
     def split(self, name: str) -> list[Item]:
         if name not in ("labeled", "unlabeled", "val", "test"):
@@ -80,7 +80,7 @@ def make_splits(
     never sees test images. Labeled = ``shots`` per class (or ``fraction`` of each class),
     unlabeled = the rest of the training pool, or a class-balanced random ``max_unlabeled`` of it.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
     train_dir = root / "train" if (root / "train").is_dir() else root

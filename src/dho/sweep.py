@@ -1,0 +1,308 @@
+"""Methods x shots x seeds (x teachers) from one config: resumable, one table at the end.
+
+A sweep file holds the grid under ``sweep:`` and a run config under ``run:``::
+
+    sweep:
+      methods: [ce, ce_kd_logit, dho]
+      shots: [1, 4, 16]
+      seeds: [0]
+      teachers: {zero-shot: {}, few-shot: {teacher.adapter: tip-f}}  # label -> run overrides
+      teacher_methods: {few-shot: [dho]}  # optional: restrict a teacher to some methods
+    run: {...}  # any RunConfig, as in configs/*.yaml
+
+Run r lands in ``<out>/<teacher>/<shots>shot/seed<seed>/<method>``; a run whose results.json
+exists is skipped, so an interrupted sweep resumes where it stopped. The base teacher's outputs
+for every view the runs draw (and for the validation and test centre crops) are computed once,
+sharded over worker processes of one thread each, and kept in ``<out>/teacher_cache/``; few-shot
+teachers are fitted on them. ``<out>/results.csv`` gathers every run and the teachers' accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import METHODS, ConfigError, DataConfig, RunConfig
+from .data.images import apply_crop, crop_params, decode_image, eval_view
+from .data.splits import SplitManifest, splits_for
+from .demo import _executor
+from .evaluate import SplitLogits, score
+from .losses import METHOD_SPECS
+from .teachers import Teacher, TeacherOutput, build_teacher
+from .teachers.cache import TeacherCache
+from .teachers.fewshot import ADAPTER_SEED_OFFSET, FewShotTeacher, eval_key, fit_fewshot_teacher
+from .teachers.tip_adapter import TipAdapter
+from .train import free_cores, planned_views, train
+
+__all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("teacher", "shots", "seed", "method", "run_dir", "test", "test_ce_head", "test_kd_head",
+                  "alpha", "beta", "wall_time_s")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid. ``teachers`` maps a label to run-config overrides (``{}`` = the run's teacher)."""
+
+    methods: tuple[str, ...] = ("ce", "ce_kd_logit", "dho")
+    shots: tuple[int, ...] = (1, 4, 16)
+    seeds: tuple[int, ...] = (0,)
+    teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"zero-shot": {}})
+    teacher_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        for m in (*self.methods, *(m for ms in self.teacher_methods.values() for m in ms)):
+            if m not in METHODS:
+                raise ConfigError(f"sweep method {m!r} is unknown; known: {', '.join(METHODS)}")
+        unknown = set(self.teacher_methods) - set(self.teachers)
+        if unknown:
+            raise ConfigError(f"sweep.teacher_methods names teachers {sorted(unknown)} missing from sweep.teachers")
+
+    def runs(self, base: RunConfig, out: Path) -> dict[tuple[str, int, int, str], RunConfig]:
+        """(teacher label, shots, seed, method) -> the run's config."""
+        cfgs = {}
+        for label, overrides in self.teachers.items():
+            for shots in self.shots:
+                for seed in self.seeds:
+                    for method in self.teacher_methods.get(label, self.methods):
+                        cfgs[(label, shots, seed, method)] = base.override({
+                            **overrides, "data.shots": shots, "data.split_seed": seed, "seed": seed,
+                            "loss.method": method, "eval.teacher": False,
+                            "out": str(out / label / f"{shots}shot" / f"seed{seed}" / method)})
+        return cfgs
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, RunConfig]:
+    """A sweep file -> (grid, base run config with ``overrides`` applied)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(data) - {"sweep", "run"}
+    if unknown or "sweep" not in data:
+        raise ConfigError(f"{path}: a sweep file has a 'sweep:' section and a 'run:' section (found {sorted(data)})")
+    grid = dict(data["sweep"])
+    for key in ("methods", "shots", "seeds"):
+        if key in grid:
+            grid[key] = tuple(grid[key])
+    grid["teacher_methods"] = {k: tuple(v) for k, v in (grid.get("teacher_methods") or {}).items()}
+    try:
+        sweep = SweepConfig(**grid)
+    except TypeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return sweep, RunConfig.from_dict(data.get("run") or {}).override(list(overrides))
+
+
+@functools.lru_cache(maxsize=64)
+def _splits(data: DataConfig) -> SplitManifest:
+    """Split manifests are pure functions of the (frozen, hashable) data config; a sweep reuses them."""
+    return splits_for(data)
+
+
+# ---- teacher outputs, computed once per view --------------------------------------------------
+# A request is (key, relative path, crop seed, view) for a training view or (key, path, None, None)
+# for a centre crop at the teacher's size; workers rebuild the pixels from it.
+Request = tuple[str, str, int | None, int | None]
+
+
+def _requests(cfgs: list[RunConfig], teacher: Teacher) -> dict[str, Request]:
+    needed: dict[str, Request] = {}
+    for cfg in cfgs:
+        manifest = _splits(cfg.data)
+        if METHOD_SPECS[cfg.loss.method].teacher:
+            for split, keys in planned_views(cfg, manifest).items():
+                items = manifest.split(split)
+                for i, v in keys:
+                    path = items[i][0]
+                    needed[f"{cfg.seed}/{path}#{v}"] = (f"{cfg.seed}/{path}#{v}", path, cfg.seed, v)
+        if cfg.teacher.adapter != "none":
+            seed = cfg.seed + ADAPTER_SEED_OFFSET
+            for path, _ in manifest.labeled:
+                for v in range(cfg.teacher.adapter_views):
+                    needed[f"{seed}/{path}#{v}"] = (f"{seed}/{path}#{v}", path, seed, v)
+        for path, _ in (*manifest.val, *manifest.test):
+            key = eval_key(teacher.image_size, path)
+            needed[key] = (key, path, None, None)
+    return needed
+
+
+def _teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    manifest = splits_for(cfg.data)
+    teacher = build_teacher(cfg.teacher, manifest.classes)
+    view_size = cfg.data.view_size or teacher.image_size
+    keys, feats, logits = [], [], []
+    for start in range(0, len(requests), 128):
+        chunk = requests[start:start + 128]
+        images = []
+        for _, path, seed, view in chunk:
+            image = decode_image(manifest.path(path))
+            if seed is None:
+                images.append(eval_view(image, teacher.image_size))
+            else:
+                params = crop_params(seed, path, view, image.shape[1], image.shape[2], cfg.optim.crop_scale)
+                images.append(apply_crop(image, params, view_size))
+        by_size: dict[int, list[int]] = {}
+        for j, im in enumerate(images):
+            by_size.setdefault(im.shape[-1], []).append(j)
+        for idx in by_size.values():
+            out = teacher(torch.stack([images[j] for j in idx]))
+            keys += [chunk[j][0] for j in idx]
+            feats.append(out.features)
+            logits.append(out.logits)
+    return keys, torch.cat(feats) if feats else torch.empty(0), torch.cat(logits) if logits else torch.empty(0)
+
+
+def _base_teacher(cfg: RunConfig) -> RunConfig:
+    """The config with the few-shot adapter removed: whose outputs the cache holds."""
+    return cfg.override({"teacher.adapter": "none"})
+
+
+def _cache_path(out: Path, cfg: RunConfig) -> Path:
+    teacher = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter")}
+    ident = json.dumps({"teacher": teacher, "view_size": cfg.data.view_size, "root": cfg.data.root,
+                        "crop_scale": list(cfg.optim.crop_scale)}, sort_keys=True)
+    return out / "teacher_cache" / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.pt"
+
+
+def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int,
+                       on_done: Callable[[], None] = lambda: None) -> TeacherCache:
+    """Compute the base teacher's outputs for every view ``cfgs`` need that ``path`` lacks; save."""
+    base = _base_teacher(cfgs[0])
+    teacher = build_teacher(base.teacher, splits_for(base.data).classes)
+    cache = TeacherCache.load(teacher, path) if path.is_file() else TeacherCache(teacher)
+    missing = [r for key, r in _requests(cfgs, teacher).items() if key not in cache]
+    log.info("teacher cache %s: %d outputs stored, %d to compute", path.name, len(cache), len(missing))
+    if missing:
+        shards = [missing[i::workers] for i in range(workers)]
+        futures = [pool.submit(_teacher_job, base, shard) for shard in shards if shard]
+        for future in futures:
+            future.add_done_callback(lambda _: on_done())
+        for future in futures:
+            keys, feats, logits = future.result()
+            cache.update(keys, TeacherOutput(feats, logits))
+        cache.save(path)
+    return cache
+
+
+# ---- runs -------------------------------------------------------------------------------------
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_cache(cfg: RunConfig, cache_path: Path) -> tuple[Teacher, TeacherCache]:
+    """The base teacher and its cache, loaded once per worker process."""
+    key = f"{cache_path}:{cache_path.stat().st_mtime_ns}"
+    if _WORKER_STATE.get("key") != key:
+        base = _base_teacher(cfg)
+        teacher = build_teacher(base.teacher, splits_for(base.data).classes)
+        _WORKER_STATE.update(key=key, teacher=teacher, cache=TeacherCache.load(teacher, cache_path))
+    return _WORKER_STATE["teacher"], _WORKER_STATE["cache"]
+
+
+def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> dict:
+    teacher, cache = _worker_cache(cfg, cache_path)
+    if adapter_state is not None:
+        teacher = FewShotTeacher(teacher, TipAdapter.from_state(adapter_state))
+    result = train(cfg, teacher=teacher, teacher_cache=cache)
+    return result.results
+
+
+def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitManifest) -> float:
+    keys = [eval_key(teacher.image_size, path) for path, _ in manifest.test]
+    out = cache.outputs(torch.empty(0), keys) if all(k in cache for k in keys) else None
+    if out is None:
+        raise RuntimeError("the teacher cache lacks test outputs")
+    if isinstance(teacher, FewShotTeacher):
+        out = teacher.adapt(out)
+    labels = torch.tensor([y for _, y in manifest.test])
+    return score(SplitLogits(labels, teacher=out.logits))["teacher"]
+
+
+def _row(label: str, shots: int, seed: int, method: str, run_dir: str, results: dict) -> dict:
+    test = results.get("test", {})
+    return {"teacher": label, "shots": shots, "seed": seed, "method": method, "run_dir": run_dir,
+            "test": test.get("mixed", test.get("teacher")), "test_ce_head": test.get("ce_head"),
+            "test_kd_head": test.get("kd_head"), "alpha": results.get("alpha"), "beta": results.get("beta"),
+            "wall_time_s": results.get("wall_time_s")}
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    tmp.replace(path)
+
+
+def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress: bool = False) -> Path:
+    """Run every missing run of the grid; write ``<out>/results.csv``; return its path."""
+    from tqdm.auto import tqdm
+
+    started, out = time.time(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump({"sweep": {**asdict(sweep), "methods": list(sweep.methods),
+        "shots": list(sweep.shots), "seeds": list(sweep.seeds),
+        "teacher_methods": {k: list(v) for k, v in sweep.teacher_methods.items()}}, "run": base.to_dict()}, sort_keys=False))
+    cfgs = sweep.runs(base, out)
+    todo = {key: cfg for key, cfg in cfgs.items() if not (Path(cfg.out) / "results.json").is_file()}
+    log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
+    workers = sweep.workers or free_cores()
+    cache_path = _cache_path(out, base)
+    bar = tqdm(total=len(todo) + workers, desc="sweep", disable=not progress)
+    teacher_rows = []
+    with _executor(workers) as pool:
+        # 1. the base teacher's outputs for every view any run (or the report) needs
+        cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, on_done=lambda: bar.update(0))
+        bar.update(workers)
+        # 2. few-shot teachers, fitted here on the cached outputs; the teachers' test accuracy
+        adapters: dict[tuple[str, int, int], dict | None] = {}
+        for label, shots, seed, method in cfgs:
+            if (label, shots, seed) in adapters:
+                continue
+            cfg = cfgs[(label, shots, seed, method)]
+            manifest = _splits(cfg.data)
+            teacher: Teacher = cache.teacher
+            if cfg.teacher.adapter != "none":
+                teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, cfg.data.view_size or teacher.image_size, cache)
+            adapters[(label, shots, seed)] = teacher.adapter.state() if isinstance(teacher, FewShotTeacher) else None
+            teacher_rows.append(_row(label, shots, seed, "teacher", "", {"test": {"teacher": _teacher_accuracy(teacher, cache, manifest)}}))
+        # 3. the runs, longest first, in worker processes of one thread each
+        threads = 1 if workers > 1 else free_cores()
+        futures: dict[tuple, Future] = {}
+        for key in sorted(todo, key=lambda k: (-k[1], k)):
+            job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path, adapters[key[:3]])
+            job.add_done_callback(lambda _: bar.update())
+            futures[key] = job
+        failures = []
+        for key, job in futures.items():
+            try:
+                job.result()
+            except Exception as err:  # one failed run does not lose the others
+                failures.append(f"{'/'.join(map(str, key))}: {err}")
+                log.error("run %s failed: %s", key, err)
+    bar.close()
+    rows = list(teacher_rows)
+    for (label, shots, seed, method), cfg in cfgs.items():
+        path = Path(cfg.out) / "results.json"
+        if path.is_file():
+            rows.append(_row(label, shots, seed, method, str(Path(cfg.out).relative_to(out)), json.loads(path.read_text())))
+    _write_rows(out / "results.csv", rows)
+    log.info("sweep done in %.0f s: %s", time.time() - started, out / "results.csv")
+    (out / "sweep_time.json").write_text(json.dumps({"wall_time_s": round(time.time() - started, 1), "runs_trained": len(todo),
+                                                     "workers": workers, "failures": failures}, indent=1))
+    if failures:
+        raise RuntimeError(f"{len(failures)} sweep run(s) failed; first: {failures[0]}")
+    return out / "results.csv"

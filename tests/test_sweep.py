@@ -1,0 +1,94 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from dho.config import ConfigError
+from dho.sweep import SweepConfig, load_sweep, run_sweep
+from dho.teachers import build_teacher
+from dho.teachers.cache import TeacherCache
+
+
+def _sweep_file(tmp_path, synth_root, methods="[ce, dho]", extra=""):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"""
+sweep:
+  methods: {methods}
+  shots: [2]
+  seeds: [0]
+  teachers: {{zero-shot: {{}}, few-shot: {{teacher.adapter: tip}}}}
+  teacher_methods: {{few-shot: [dho]}}
+  workers: 1
+{extra}
+run:
+  data: {{root: {synth_root}, num_views: 2, val_fraction: 0.2}}
+  student: {{backbone: resnet18, image_size: 32}}
+  optim: {{epochs: 2, batch_size: 8}}
+  eval: {{conflict_every: 1}}
+  threads: 2
+""")
+    return path
+
+
+def test_sweep_runs_resumes_and_gathers_one_table(tmp_path, synth_root):
+    sweep, base = load_sweep(_sweep_file(tmp_path, synth_root))
+    out = tmp_path / "out"
+    rows_path = run_sweep(sweep, base, out)
+    rows = list(csv.DictReader(rows_path.open()))
+    runs = {(r["teacher"], r["method"]) for r in rows}
+    assert runs == {("zero-shot", "teacher"), ("zero-shot", "ce"), ("zero-shot", "dho"), ("few-shot", "teacher"), ("few-shot", "dho")}
+    for r in rows:
+        assert 0.0 <= float(r["test"]) <= 1.0
+    dho_dir = out / "zero-shot" / "2shot" / "seed0" / "dho"
+    assert (dho_dir / "mixing_grid.csv").is_file()
+    assert any("conflict" in json.loads(line) for line in (dho_dir / "metrics.jsonl").read_text().splitlines())
+    # resuming trains nothing and rewrites the same table
+    stamp = (dho_dir / "results.json").stat().st_mtime_ns
+    run_sweep(sweep, base, out)
+    assert (dho_dir / "results.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "sweep_time.json").read_text())["runs_trained"] == 0
+    assert list(csv.DictReader(rows_path.open())) == rows
+
+
+def test_sweep_file_errors_are_one_line(tmp_path, synth_root):
+    with pytest.raises(ConfigError, match="unknown"):
+        load_sweep(_sweep_file(tmp_path, synth_root, methods="[ce, dhoo]"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {}\n")
+    with pytest.raises(ConfigError, match="sweep:"):
+        load_sweep(bad)
+    with pytest.raises(ConfigError, match="teacher_methods"):
+        SweepConfig(teacher_methods={"nope": ("dho",)})
+
+
+def test_teacher_cache_save_load_round_trip(tmp_path, tiny_cfg):
+    from dho.data.splits import splits_for
+
+    teacher = build_teacher(tiny_cfg.teacher, splits_for(tiny_cfg.data).classes)
+    cache = TeacherCache(teacher)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    first = cache.outputs(images, ["a", "b", "c"])
+    cache.save(tmp_path / "c.pt")
+    loaded = TeacherCache.load(teacher, tmp_path / "c.pt")
+    again = loaded.outputs(torch.zeros_like(images), ["a", "b", "c"])  # replayed, not recomputed
+    assert loaded.misses == 0 and torch.equal(first.features, again.features) and torch.equal(first.logits, again.logits)
+    other = build_teacher(tiny_cfg.teacher.__class__(kind="synthetic", embed_dim=32), splits_for(tiny_cfg.data).classes)
+    with pytest.raises(ValueError, match="teacher"):
+        TeacherCache.load(other, tmp_path / "c.pt")
+
+
+def test_sweep_report_and_feature_tools_from_the_command_line(tmp_path, synth_root, capsys):
+    from dho.cli import main
+
+    out = tmp_path / "out"
+    assert main(["-q", "sweep", str(_sweep_file(tmp_path, synth_root, methods="[ce_kd_logit, dho]")), "--out", str(out)]) == 0
+    assert "results.csv" in capsys.readouterr().out
+    assert main(["-q", "report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| DHO |" in printed and (out / "report" / "report.md").is_file()
+    assert (out / "report" / "accuracy_vs_shots.png").stat().st_size > 5000
+    run = out / "zero-shot" / "2shot" / "seed0" / "dho"
+    assert main(["-q", "linear-eval", str(run)]) == 0 and (run / "linear_eval.json").is_file()
+    assert main(["-q", "tsne", str(run), "--max-points", "40"]) == 0 and (run / "tsne_test.png").is_file()
+    assert main(["-q", "report", str(tmp_path / "missing")]) == 1
