@@ -189,3 +189,11 @@ def test_write_report_without_mixing_grid(tmp_path, caplog):
     assert {"table.md", "table.csv", "accuracy_vs_shots.png", "agreement.png", "report.md"} <= set(paths)
     assert "mixing_grid.csv missing" in caplog.text
     assert "](mixing_" not in paths["report.md"].read_text() and not list((tmp_path / "out").glob("mixing*"))
+
+
+def test_dho_head_rows_are_reported_but_never_ranked(tmp_path):
+    rows = [_row("ce_kd_logit", 4, 0, 0.40), {**_row("dho", 4, 0, 0.42), "test_ce_head": 0.39, "test_kd_head": 0.45}]
+    summary = {(e["method"], e["shots"]): e["mean"] for e in summary_table(rows)}
+    assert summary[("dho_ce_head", 4)] == pytest.approx(39.0) and summary[("dho_kd_head", 4)] == pytest.approx(45.0)
+    table = write_tables(rows, tmp_path)["table.md"].read_text()
+    assert "| DHO | **42.0** |" in table and "| DHO (h_KD alone) | 45.0 |" in table

@@ -25,11 +25,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("teacher", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad", "dho")
+METHOD_ORDER = ("teacher", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad", "dho",
+                "dho_ce_head", "dho_kd_head")
+HEAD_ROWS = {"dho_ce_head": "test_ce_head", "dho_kd_head": "test_kd_head"}  # DHO's heads alone (ablation rows)
 LABELS = {
     "teacher": "Teacher", "ce": "CE", "kd_logit": "KD (logit)", "kd_feature": "KD (feature)",
     "ce_kd_logit": "CE+KD (logit)", "ce_kd_feature": "CE+KD (feature)", "sskd": "SSKD", "dhkd": "DHKD",
-    "pcgrad": "PCGrad", "dho": "DHO",
+    "pcgrad": "PCGrad", "dho": "DHO", "dho_ce_head": "DHO (h_CE alone)", "dho_kd_head": "DHO (h_KD alone)",
 }
 _FLOAT_COLUMNS = ("test", "test_ce_head", "test_kd_head", "alpha", "beta", "wall_time_s")
 _AGREEMENT = (("both_right", "both right", "#55A868"), ("only_ce", "only CE head", "#4C72B0"),
@@ -122,6 +124,10 @@ def summary_table(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["test"] is not None:
             groups.setdefault((r["teacher"], r["method"], r["shots"]), []).append(100 * r["test"])
+        if r["method"] == "dho":
+            for name, column in HEAD_ROWS.items():
+                if r.get(column) is not None:
+                    groups.setdefault((r["teacher"], name, r["shots"]), []).append(100 * r[column])
     order = {t: i for i, t in enumerate(_teachers(rows))}
     out = []
     for (teacher, method, shots), values in sorted(groups.items(), key=lambda kv: _group_key(kv[0], order)):
@@ -141,15 +147,19 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['mean']:.1f}" if entry["n"] == 1 else f"{entry['mean']:.1f} ± {entry['std']:.1f}"
 
 
+def _ranked(method: str) -> bool:
+    return method != "teacher" and method not in HEAD_ROWS
+
+
 def _markdown_table(summary: list[dict], teacher: str) -> str:
-    """One markdown table: rows = methods, columns = shots; best student per column in bold
-    (ties at the shown precision are all bold)."""
+    """One markdown table: rows = methods, columns = shots; best method per column in bold
+    (ties at the shown precision are all bold; the teacher and DHO's single-head rows never are)."""
     entries = {(e["method"], e["shots"]): e for e in summary if e["teacher"] == teacher}
     methods = sorted({m for m, _ in entries}, key=_method_key)
     shots = sorted({s for _, s in entries})
     best = {}
     for s in shots:
-        students = [round(e["mean"], 1) for (m, k), e in entries.items() if k == s and m != "teacher"]
+        students = [round(e["mean"], 1) for (m, k), e in entries.items() if k == s and _ranked(m)]
         best[s] = max(students, default=None)
     lines = ["| Method | " + " | ".join(shots_label(s) for s in shots) + " |",
              "|---|" + "---:|" * len(shots)]
@@ -158,7 +168,7 @@ def _markdown_table(summary: list[dict], teacher: str) -> str:
         for s in shots:
             e = entries.get((m, s))
             text = _cell(e)
-            cells.append(f"**{text}**" if e and m != "teacher" and round(e["mean"], 1) == best[s] else text)
+            cells.append(f"**{text}**" if e and _ranked(m) and round(e["mean"], 1) == best[s] else text)
         lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
