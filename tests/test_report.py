@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dho.report import (
+    conflict_table,
     load_results, plot_accuracy_vs_shots, plot_agreement, plot_conflict, plot_mixing_heatmap, summary_table,
     write_report, write_tables,
 )
@@ -197,3 +198,14 @@ def test_dho_head_rows_are_reported_but_never_ranked(tmp_path):
     assert summary[("dho_ce_head", 4)] == pytest.approx(39.0) and summary[("dho_kd_head", 4)] == pytest.approx(45.0)
     table = write_tables(rows, tmp_path)["table.md"].read_text()
     assert "| DHO | **42.0** |" in table and "| DHO (h_KD alone) | 45.0 |" in table
+
+
+def test_conflict_table_averages_the_second_half(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": s, "conflict": {"cos_params": c, "cos_features": 0.0, "pred_term": 0.0}}
+             for s, c in ((1, 0.9), (2, 0.5), (3, -0.4), (4, -0.6))]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    table = conflict_table([{**_row("ce_kd_logit", 4, 0, 0.4), "run_dir": run}])
+    assert "| zero-shot | CE+KD (logit) | -0.50 |" in table
+    assert conflict_table([_row("dho", 4, 0, 0.4)]) == ""

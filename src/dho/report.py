@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
-    "METHOD_ORDER", "load_results", "plot_accuracy_vs_shots", "plot_agreement", "plot_conflict",
+    "METHOD_ORDER", "conflict_table", "load_results", "plot_accuracy_vs_shots", "plot_agreement", "plot_conflict",
     "plot_mixing_heatmap", "shots_label", "summary_table", "write_report", "write_tables",
 ]
 
@@ -422,6 +422,26 @@ def _conflict_sets(rows: list[dict]) -> list[tuple[str, int | float, int, dict[s
     return out
 
 
+def conflict_table(rows: list[dict]) -> str:
+    """Markdown: per teacher, method and shot count, the mean over seeds of each run's average
+    gradient cosine (backbone parameters) over the second half of its conflict records."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        records = _conflict_records(r["run_dir"]) if r.get("run_dir") else []
+        late = [c["cos_params"] for _, c in records[len(records) // 2:] if c.get("cos_params") is not None]
+        if late:
+            groups.setdefault((r["teacher"], r["method"], r["shots"]), []).append(statistics.fmean(late))
+    if not groups:
+        return ""
+    shots = sorted({k[2] for k in groups})
+    keys = sorted({k[:2] for k in groups}, key=lambda k: (_teachers(rows).index(k[0]), _method_key(k[1])))
+    lines = ["| Teacher | Method | " + " | ".join(shots_label(s) for s in shots) + " |", "|---|---|" + "---:|" * len(shots)]
+    for teacher, method in keys:
+        cells = [f"{statistics.fmean(groups[(teacher, method, s)]):+.2f}" if (teacher, method, s) in groups else "–" for s in shots]
+        lines.append(f"| {teacher} | {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
                      sections: list[tuple[str, list[tuple[str, Path]]]], out_dir: Path) -> str:
     """report.md: a one-line overview, the accuracy tables, then one section of images per plot kind."""
@@ -436,6 +456,10 @@ def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
              "## Test accuracy (%)", "",
              "Mean ± population std over seeds; the best student per column in bold. "
              f"Long format: [table.csv]({link(out_dir / 'table.csv')}).", "", table]
+    conflicts = conflict_table(rows)
+    if conflicts:
+        lines += ["", "## Gradient cosine cos(g_CE, g_KD) on the backbone, second half of training", "",
+                  "Mean of the logged cosines over the later half of each run (negative = conflicting).", "", conflicts]
     for title, images in sections:
         if images:
             lines += [f"## {title}", ""]

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -> None:
+    """Write ``results.csv`` from the teachers' rows and every finished run's results.json."""
+    rows = list(teacher_rows)
+    for (label, shots, seed, method), cfg in cfgs.items():
+        path = Path(cfg.out) / "results.json"
+        if path.is_file():
+            rows.append(_row(label, shots, seed, method, str(Path(cfg.out).relative_to(out)), json.loads(path.read_text())))
+    _write_rows(out / "results.csv", rows)
+
+
 def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress: bool = False) -> Path:
     """Run every missing run of the grid; write ``<out>/results.csv``; return its path."""
     from tqdm.auto import tqdm
@@ -287,19 +297,17 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
             job.add_done_callback(lambda _: bar.update())
             futures[key] = job
         failures = []
-        for key, job in futures.items():
+        _gather(cfgs, teacher_rows, out)  # results.csv grows as runs finish: `dho report` works mid-sweep
+        for job in as_completed(futures.values()):
+            key = next(k for k, f in futures.items() if f is job)
             try:
                 job.result()
             except Exception as err:  # one failed run does not lose the others
                 failures.append(f"{'/'.join(map(str, key))}: {err}")
                 log.error("run %s failed: %s", key, err)
+            _gather(cfgs, teacher_rows, out)
     bar.close()
-    rows = list(teacher_rows)
-    for (label, shots, seed, method), cfg in cfgs.items():
-        path = Path(cfg.out) / "results.json"
-        if path.is_file():
-            rows.append(_row(label, shots, seed, method, str(Path(cfg.out).relative_to(out)), json.loads(path.read_text())))
-    _write_rows(out / "results.csv", rows)
+    _gather(cfgs, teacher_rows, out)
     log.info("sweep done in %.0f s: %s", time.time() - started, out / "results.csv")
     (out / "sweep_time.json").write_text(json.dumps({"wall_time_s": round(time.time() - started, 1), "runs_trained": len(todo),
                                                      "workers": workers, "failures": failures}, indent=1))
