@@ -459,7 +459,7 @@ def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
     conflicts = conflict_table(rows)
     if conflicts:
         lines += ["", "## Gradient cosine cos(g_CE, g_KD) on the backbone, second half of training", "",
-                  "Mean of the logged cosines over the later half of each run (negative = conflicting).", "", conflicts]
+                  "Mean of the logged cosines over the later half of each run (negative = conflicting).", "", conflicts, ""]
     for title, images in sections:
         if images:
             lines += [f"## {title}", ""]
