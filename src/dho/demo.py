@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .config import RunConfig
 from .data import EvalViews, ImageStore, TrainViews
 from .data.splits import splits_for
 from .evaluate import SplitLogits, score
+from .pool import executor, shards
 from .teachers import build_teacher
 from .teachers.cache import TeacherCache
 from .train import free_cores, planned_views, train
@@ -77,11 +77,6 @@ class DemoSettings:
 
 
 # ---- work that runs in worker processes (one torch thread each) ----------------------------
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-
-
 def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Teacher features [N, D] and logits [N, C] for (index, view) pairs of a training stream, or
     for test indices (view -1), with their :class:`TeacherCache` keys. Two tensors cross the
@@ -109,34 +104,6 @@ def _train_job(cfg: RunConfig, keys: list[str], features: torch.Tensor, logits: 
     return {k: result.results[k] for k in ("method", "alpha", "beta", "selection", "test", "val", "steps", "wall_time_s")}
 
 
-class _InlineExecutor:
-    """The Executor interface, running each job at submit time in this process."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as err:  # surfaced by future.result(), as a process pool would
-            future.set_exception(err)
-        return future
-
-    def __enter__(self) -> _InlineExecutor:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def _executor(workers: int):
-    if workers <= 1:
-        return _InlineExecutor()
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-
-
-def _shards(items: list, n: int) -> list[list]:
-    return [items[i::n] for i in range(n)]
-
-
 # ---- the demo ------------------------------------------------------------------------------
 def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, progress: bool = False,
              workers: int | None = None) -> dict:
@@ -161,19 +128,19 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
     # Jobs run first in, first out: the CE runs (no teacher) overlap the teacher's work, then the
     # runs that replay the teacher's outputs start as soon as those exist.
     bar = tqdm(total=len(cfgs) + workers + len(settings.seeds) * 2 * workers, desc="demo jobs", disable=not progress)
-    with _executor(workers) as pool:
+    with executor(workers) as pool:
         def submit(fn, *args) -> Future:
             future = pool.submit(fn, *args)
             future.add_done_callback(lambda _: bar.update())
             return future
 
         futures = {(seed, "ce"): submit(_train_job, cfgs[(seed, "ce")], [], torch.empty(0), torch.empty(0)) for seed in settings.seeds}
-        test_jobs = [submit(_teacher_job, first, "test", shard) for shard in _shards([(i, -1) for i in range(len(manifest.test))], workers)]
+        test_jobs = [submit(_teacher_job, first, "test", shard) for shard in shards([(i, -1) for i in range(len(manifest.test))], workers)]
         view_jobs = {}
         for seed in settings.seeds:
             cfg = cfgs[(seed, "dho")]
             plan = planned_views(cfg, splits_for(cfg.data))
-            view_jobs[seed] = [submit(_teacher_job, cfg, split, shard) for split, keys in plan.items() for shard in _shards(keys, workers)]
+            view_jobs[seed] = [submit(_teacher_job, cfg, split, shard) for split, keys in plan.items() for shard in shards(keys, workers)]
         for seed in settings.seeds:
             parts = [job.result() for job in view_jobs[seed]]
             keys = [key for part_keys, _, _ in parts for key in part_keys]

@@ -1,22 +1,21 @@
-"""Tables and plots for a finished sweep: the paper's accuracy tables, accuracy vs shots, the
-alpha/beta mixing grid, head agreement and gradient conflict.
-
-A sweep directory holds ``results.csv`` (one row per finished run, plus ``method == "teacher"``
-rows for the teacher's own test accuracy) and one run directory per student run with
-``results.json``, ``metrics.jsonl`` and, for dual-head runs, ``mixing_grid.csv``.
+"""The report of a finished sweep: its tables (:mod:`dho.tables`) and plots, accuracy vs shots,
+the alpha/beta mixing grid, head agreement and gradient conflict, gathered in ``report.md``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
 import re
-import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from .tables import (
+    LABELS, METHOD_ORDER, conflict_records, method_key, read_json, teacher_labels, conflict_table, load_results,
+    shots_label, summary_table, write_tables,
+)
 
 __all__ = [
     "METHOD_ORDER", "conflict_table", "load_results", "plot_accuracy_vs_shots", "plot_agreement", "plot_conflict",
@@ -25,172 +24,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("teacher", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad", "dho",
-                "dho_ce_head", "dho_kd_head")
-HEAD_ROWS = {"dho_ce_head": "test_ce_head", "dho_kd_head": "test_kd_head"}  # DHO's heads alone (ablation rows)
-LABELS = {
-    "teacher": "Teacher", "ce": "CE", "kd_logit": "KD (logit)", "kd_feature": "KD (feature)",
-    "ce_kd_logit": "CE+KD (logit)", "ce_kd_feature": "CE+KD (feature)", "sskd": "SSKD", "dhkd": "DHKD",
-    "pcgrad": "PCGrad", "dho": "DHO", "dho_ce_head": "DHO (h_CE alone)", "dho_kd_head": "DHO (h_KD alone)",
-}
-_FLOAT_COLUMNS = ("test", "test_ce_head", "test_kd_head", "alpha", "beta", "wall_time_s")
 _AGREEMENT = (("both_right", "both right", "#55A868"), ("only_ce", "only CE head", "#4C72B0"),
               ("only_kd", "only KD head", "#DD8452"), ("both_wrong", "both wrong", "#C44E52"))
 _CONFLICT = (("cos_params", "cos(g_CE, g_KD) on parameters"), ("cos_features", "cos(g_CE, g_KD) on features"),
              ("pred_term", "prediction term"))
-
-
-# ---- reading --------------------------------------------------------------------------------
-def _number(text: str) -> int | float:
-    """Shots as written: ``"16"`` -> 16, ``"16.0"`` -> 16, ``"0.01"`` -> 0.01 (a labeled fraction)."""
-    value = float(text)
-    return int(value) if value.is_integer() and value >= 1 else value
-
-
-def _optional_float(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
-
-
-def load_results(sweep_dir: Path | str) -> list[dict]:
-    """Rows of ``<sweep_dir>/results.csv`` with typed values.
-
-    ``shots`` is an int (K shots per class) or a float (labeled fraction); ``seed`` an int;
-    ``test``, ``test_ce_head``, ``test_kd_head``, ``alpha``, ``beta``, ``wall_time_s`` floats or
-    None when empty; ``run_dir`` the run directory joined to ``sweep_dir`` (None for teacher rows).
-    Other columns are kept as strings.
-    """
-    sweep_dir = Path(sweep_dir)
-    with (sweep_dir / "results.csv").open(newline="") as fh:
-        raw = list(csv.DictReader(fh))
-    rows = []
-    for r in raw:
-        row = dict(r)
-        row["shots"] = _number(r["shots"])
-        row["seed"] = int(r["seed"])
-        row["run_dir"] = sweep_dir / r["run_dir"] if r.get("run_dir") else None
-        for key in _FLOAT_COLUMNS:
-            row[key] = _optional_float(r.get(key))
-        rows.append(row)
-    log.info("loaded %d rows from %s", len(rows), sweep_dir / "results.csv")
-    return rows
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
-def _conflict_records(run_dir: Path) -> list[tuple[int, dict]]:
-    """(step, conflict dict) for every ``metrics.jsonl`` record that has a ``conflict`` entry."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a run still writing leaves a partial last line
-            log.warning("%s:%d is not JSON; skipped", path, number)
-            continue
-        if isinstance(record.get("conflict"), dict) and "step" in record:
-            out.append((record["step"], record["conflict"]))
-    return out
-
-
-# ---- tables ---------------------------------------------------------------------------------
-def _method_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
-def _teachers(rows: Iterable[dict]) -> list[str]:
-    return list(dict.fromkeys(r["teacher"] for r in rows))
-
-
-def shots_label(shots: int | float) -> str:
-    """``16`` -> "16-shot", ``0.01`` -> "1%" (a labeled fraction)."""
-    if isinstance(shots, float) and shots < 1:
-        return f"{100 * shots:g}%"
-    return f"{shots:g}-shot"
-
-
-def summary_table(rows: list[dict]) -> list[dict]:
-    """Per (teacher, method, shots): ``mean`` and population ``std`` of the test accuracy over seeds,
-    in percent, and ``n`` seeds. Ordered by teacher (first seen), canonical method order, shots
-    ascending; groups without any test accuracy are left out."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["test"] is not None:
-            groups.setdefault((r["teacher"], r["method"], r["shots"]), []).append(100 * r["test"])
-        if r["method"] == "dho":
-            for name, column in HEAD_ROWS.items():
-                if r.get(column) is not None:
-                    groups.setdefault((r["teacher"], name, r["shots"]), []).append(100 * r[column])
-    order = {t: i for i, t in enumerate(_teachers(rows))}
-    out = []
-    for (teacher, method, shots), values in sorted(groups.items(), key=lambda kv: _group_key(kv[0], order)):
-        out.append({"teacher": teacher, "method": method, "shots": shots, "mean": statistics.fmean(values),
-                    "std": statistics.pstdev(values), "n": len(values)})
-    return out
-
-
-def _group_key(group: tuple, order: dict[str, int]) -> tuple:
-    teacher, method, shots = group
-    return order[teacher], _method_key(method), shots
-
-
-def _cell(entry: dict | None) -> str:
-    if entry is None:
-        return "–"
-    return f"{entry['mean']:.1f}" if entry["n"] == 1 else f"{entry['mean']:.1f} ± {entry['std']:.1f}"
-
-
-def _ranked(method: str) -> bool:
-    return method != "teacher" and method not in HEAD_ROWS
-
-
-def _markdown_table(summary: list[dict], teacher: str) -> str:
-    """One markdown table: rows = methods, columns = shots; best method per column in bold
-    (ties at the shown precision are all bold; the teacher and DHO's single-head rows never are)."""
-    entries = {(e["method"], e["shots"]): e for e in summary if e["teacher"] == teacher}
-    methods = sorted({m for m, _ in entries}, key=_method_key)
-    shots = sorted({s for _, s in entries})
-    best = {}
-    for s in shots:
-        students = [round(e["mean"], 1) for (m, k), e in entries.items() if k == s and _ranked(m)]
-        best[s] = max(students, default=None)
-    lines = ["| Method | " + " | ".join(shots_label(s) for s in shots) + " |",
-             "|---|" + "---:|" * len(shots)]
-    for m in methods:
-        cells = []
-        for s in shots:
-            e = entries.get((m, s))
-            text = _cell(e)
-            cells.append(f"**{text}**" if e and _ranked(m) and round(e["mean"], 1) == best[s] else text)
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_tables(rows: list[dict], out_dir: Path | str) -> dict[str, Path]:
-    """Write ``table.md`` (one table per teacher, the paper's layout: test accuracy in percent,
-    mean ± std over seeds) and ``table.csv`` (long format: teacher, method, shots, mean, std, n).
-    Returns ``{"table.md": path, "table.csv": path}``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_table(rows)
-    blocks = [f"### Teacher: {t}\n\n{_markdown_table(summary, t)}\n" for t in _teachers(summary)]
-    md = out_dir / "table.md"
-    md.write_text("\n".join(blocks))
-    path = out_dir / "table.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["teacher", "method", "shots", "mean", "std", "n"])
-        writer.writeheader()
-        for e in summary:
-            writer.writerow({**e, "mean": round(e["mean"], 4), "std": round(e["std"], 4)})
-    log.info("wrote %s and %s", md, path)
-    return {"table.md": md, "table.csv": path}
 
 
 # ---- plots ----------------------------------------------------------------------------------
@@ -232,8 +69,8 @@ def plot_accuracy_vs_shots(rows: list[dict], path: Path | str) -> Path | None:
         log.warning("no test accuracies; %s not written", path)
         return None
     plt = _pyplot()
-    teachers = _teachers(summary)
-    methods = sorted({e["method"] for e in summary}, key=_method_key)
+    teachers = teacher_labels(summary)
+    methods = sorted({e["method"] for e in summary}, key=method_key)
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(m for m in methods if m != "teacher")}
     fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.2), dpi=120, sharey=True, squeeze=False)
     for ax, teacher in zip(axes[0], teachers):
@@ -291,7 +128,7 @@ def plot_mixing_heatmap(run_dir: Path | str, path: Path | str) -> Path | None:
     ax.plot(bi, bj, "o", markerfacecolor="none", markeredgecolor="white", markersize=12)
     ax.annotate(f"max {best:.1f}", (bi, bj), xytext=(8, 8), textcoords="offset points", fontsize=9,
                 bbox=dict(boxstyle="round,pad=0.2", facecolor="white", alpha=0.8))
-    results = _read_json(run_dir / "results.json") or {}
+    results = read_json(run_dir / "results.json") or {}
     if results.get("alpha") is not None and results.get("beta") is not None:
         ci, cj = _nearest(alphas, results["alpha"]), _nearest(betas, results["beta"])
         ax.plot(ci, cj, "*", color="red", markeredgecolor="white", markersize=14,
@@ -328,7 +165,7 @@ def plot_agreement(rows_or_run_dirs: Iterable[dict] | Mapping[str, Path] | Itera
     in ``results.json`` are skipped; returns None when none has them."""
     bars = []
     for label, run_dir in _agreement_runs(rows_or_run_dirs):
-        test = (_read_json(run_dir / "results.json") or {}).get("test") or {}
+        test = (read_json(run_dir / "results.json") or {}).get("test") or {}
         counts = test.get("agreement")
         if not counts:
             log.warning("%s has no head agreement in results.json; skipped", run_dir)
@@ -361,7 +198,7 @@ def plot_conflict(run_dirs: Mapping[str, Path], path: Path | str) -> Path | None
     """Gradient conflict between the CE and KD losses vs step: cosine on the shared parameters,
     cosine on the features, and the prediction term; one line per labelled run, 0 marked.
     Runs without conflict records in ``metrics.jsonl`` are skipped; returns None when none has them."""
-    curves = {label: _conflict_records(Path(d)) for label, d in run_dirs.items()}
+    curves = {label: conflict_records(Path(d)) for label, d in run_dirs.items()}
     curves = {label: records for label, records in curves.items() if records}
     if not curves:
         log.warning("no gradient-conflict records in %s; %s not written", ", ".join(map(str, run_dirs.values())), path)
@@ -394,7 +231,7 @@ def _run(rows: list[dict], **match) -> dict | None:
 def _dho_rows(rows: list[dict]) -> list[dict]:
     """Per teacher, the dho run of the largest shot count and first seed."""
     out = []
-    for teacher in _teachers(rows):
+    for teacher in teacher_labels(rows):
         dho = [r for r in rows if r["teacher"] == teacher and r["method"] == "dho" and r["run_dir"]]
         if dho:
             shots = max(r["shots"] for r in dho)
@@ -407,39 +244,19 @@ def _conflict_sets(rows: list[dict]) -> list[tuple[str, int | float, int, dict[s
     """(teacher, shots, seed, {method: run dir}) of dho vs ce_kd_logit (and pcgrad) at each shot
     count, for the first seed whose runs have conflict records."""
     out = []
-    for teacher in _teachers(rows):
+    for teacher in teacher_labels(rows):
         mine = [r for r in rows if r["teacher"] == teacher]
         for shots in sorted({r["shots"] for r in mine if r["method"] == "dho"}):
             for seed in sorted({r["seed"] for r in mine if r["shots"] == shots}):
                 found = {m: _run(mine, method=m, shots=shots, seed=seed) for m in ("dho", "ce_kd_logit", "pcgrad")}
                 runs = {m: r["run_dir"] for m, r in found.items() if r}
-                if any(_conflict_records(d) for d in runs.values()):
+                if any(conflict_records(d) for d in runs.values()):
                     out.append((teacher, shots, seed, runs))
                     break
             else:
                 log.warning("teacher %s, %s: no run has conflict records; conflict plot skipped",
                             teacher, shots_label(shots))
     return out
-
-
-def conflict_table(rows: list[dict]) -> str:
-    """Markdown: per teacher, method and shot count, the mean over seeds of each run's average
-    gradient cosine (backbone parameters) over the second half of its conflict records."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        records = _conflict_records(r["run_dir"]) if r.get("run_dir") else []
-        late = [c["cos_params"] for _, c in records[len(records) // 2:] if c.get("cos_params") is not None]
-        if late:
-            groups.setdefault((r["teacher"], r["method"], r["shots"]), []).append(statistics.fmean(late))
-    if not groups:
-        return ""
-    shots = sorted({k[2] for k in groups})
-    keys = sorted({k[:2] for k in groups}, key=lambda k: (_teachers(rows).index(k[0]), _method_key(k[1])))
-    lines = ["| Teacher | Method | " + " | ".join(shots_label(s) for s in shots) + " |", "|---|---|" + "---:|" * len(shots)]
-    for teacher, method in keys:
-        cells = [f"{statistics.fmean(groups[(teacher, method, s)]):+.2f}" if (teacher, method, s) in groups else "–" for s in shots]
-        lines.append(f"| {teacher} | {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
@@ -451,7 +268,7 @@ def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
     seeds = sorted({r["seed"] for r in rows})
     shots = sorted({r["shots"] for r in rows})
     lines = [f"# Sweep report: {sweep_dir.name}", "",
-             f"{sum(1 for r in rows if r['method'] != 'teacher')} student runs; teachers: {', '.join(_teachers(rows))}; "
+             f"{sum(1 for r in rows if r['method'] != 'teacher')} student runs; teachers: {', '.join(teacher_labels(rows))}; "
              f"shots: {', '.join(shots_label(s) for s in shots)}; seeds: {', '.join(map(str, seeds))}.", "",
              "## Test accuracy (%)", "",
              "Mean ± population std over seeds; the best student per column in bold. "

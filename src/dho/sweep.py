@@ -37,9 +37,9 @@ import yaml
 from .config import METHODS, ConfigError, DataConfig, RunConfig
 from .data.images import apply_crop, crop_params, decode_image, eval_view
 from .data.splits import SplitManifest, splits_for
-from .demo import _executor
 from .evaluate import SplitLogits, score
 from .losses import METHOD_SPECS
+from .pool import executor, shards
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import ADAPTER_SEED_OFFSET, FewShotTeacher, eval_key, fit_fewshot_teacher
@@ -185,8 +185,7 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int,
     missing = [r for key, r in _requests(cfgs, teacher).items() if key not in cache]
     log.info("teacher cache %s: %d outputs stored, %d to compute", path.name, len(cache), len(missing))
     if missing:
-        shards = [missing[i::workers] for i in range(workers)]
-        futures = [pool.submit(_teacher_job, base, shard) for shard in shards if shard]
+        futures = [pool.submit(_teacher_job, base, shard) for shard in shards(missing, workers) if shard]
         for future in futures:
             future.add_done_callback(lambda _: on_done())
         for future in futures:
@@ -220,9 +219,9 @@ def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> di
 
 def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitManifest) -> float:
     keys = [eval_key(teacher.image_size, path) for path, _ in manifest.test]
-    out = cache.outputs(torch.empty(0), keys) if all(k in cache for k in keys) else None
-    if out is None:
+    if not all(k in cache for k in keys):
         raise RuntimeError("the teacher cache lacks test outputs")
+    out = cache.outputs(torch.empty(0), keys)
     if isinstance(teacher, FewShotTeacher):
         out = teacher.adapt(out)
     labels = torch.tensor([y for _, y in manifest.test])
@@ -273,7 +272,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     cache_path = _cache_path(out, base)
     bar = tqdm(total=len(todo) + workers, desc="sweep", disable=not progress)
     teacher_rows = []
-    with _executor(workers) as pool:
+    with executor(workers) as pool:
         # 1. the base teacher's outputs for every view any run (or the report) needs
         cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, on_done=lambda: bar.update(0))
         bar.update(workers)

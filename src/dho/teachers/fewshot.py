@@ -8,6 +8,7 @@ cached outputs (:class:`~dho.teachers.cache.TeacherCache` keeps the base teacher
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -39,10 +40,10 @@ class FewShotTeacher(Teacher):
 
     def adapt(self, out: TeacherOutput) -> TeacherOutput:
         """Base outputs (e.g. replayed from a cache) -> few-shot outputs."""
-        keys = self.adapter.keys.to(out.features.device)
-        adapter = TipAdapter(keys, self.adapter.values.to(out.features.device), self.adapter.a, self.adapter.b,
-                             self.adapter.fine_tuned)
-        return TeacherOutput(out.features, adapter.logits(out.features.float(), out.logits.float()))
+        device = out.features.device
+        if self.adapter.keys.device != device:  # once, when the teacher meets its first batch there
+            self.adapter = replace(self.adapter, keys=self.adapter.keys.to(device), values=self.adapter.values.to(device))
+        return TeacherOutput(out.features, self.adapter.logits(out.features.float(), out.logits.float()))
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> TeacherOutput:
