@@ -69,13 +69,13 @@ def test_teacher_cache_save_load_round_trip(tmp_path, tiny_cfg):
     cache = TeacherCache(teacher)
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     first = cache.outputs(images, ["a", "b", "c"])
-    cache.save(tmp_path / "c.pt")
-    loaded = TeacherCache.load(teacher, tmp_path / "c.pt")
+    cache.save(tmp_path / "store")
+    loaded = TeacherCache.load(teacher, tmp_path / "store")
     again = loaded.outputs(torch.zeros_like(images), ["a", "b", "c"])  # replayed, not recomputed
     assert loaded.misses == 0 and torch.equal(first.features, again.features) and torch.equal(first.logits, again.logits)
     other = build_teacher(tiny_cfg.teacher.__class__(kind="synthetic", embed_dim=32), splits_for(tiny_cfg.data).classes)
     with pytest.raises(ValueError, match="teacher"):
-        TeacherCache.load(other, tmp_path / "c.pt")
+        TeacherCache.load(other, tmp_path / "store")
 
 
 def test_sweep_report_and_feature_tools_from_the_command_line(tmp_path, synth_root, capsys):

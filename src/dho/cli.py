@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,11 +47,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, overrides)
-    result = train(cfg, progress=_progress())
+    try:
+        result = train(cfg, progress=_progress())
+    finally:
+        _end_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return 0
     r = result.results
     _print_scores(f"{r['method']} on {cfg.data.root}: test accuracy", r["test"])
     print(f"  alpha={r['alpha']:.2f} beta={r['beta']:.2f} ({r['selection']})")
     print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _end_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .precompute import cache_teacher
+
+    cfg = load_config(args.config, args.overrides)
+    cache = cache_teacher(cfg, args.out, dtype=args.dtype, topk=args.topk, workers=args.workers,
+                          eval_splits=not args.no_eval)
+    meta = cache.store.meta
+    print(f"teacher {meta['teacher']}: {len(cache)} views ({meta['dtype']}, "
+          f"{'top-' + str(meta['topk']) + ' logits' if meta['topk'] else 'all logits'}, {meta['feature_dim']}-d features) "
+          f"in {len(meta['shards'])} shard(s)")
+    print(f"wrote {args.out}; train with teacher.cache={args.out}")
     return 0
 
 
@@ -234,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (same as out=DIR)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache-teacher", help="compute the teacher's outputs for every view a training run draws, once")
+    p.add_argument("--config", help="the run's YAML config (defaults when omitted)")
+    p.add_argument("--out", required=True, help="store directory (appended to when it exists)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision (default float16)")
+    p.add_argument("--topk", type=_positive_int, help="keep only the K largest logits of each view")
+    p.add_argument("--workers", type=_positive_int, help="one-thread worker processes (default: the free cores)")
+    p.add_argument("--no-eval", action="store_true", help="skip the validation and test centre crops")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
+    p.set_defaults(func=cmd_cache_teacher)
 
     def checkpoint_args(p: argparse.ArgumentParser, default_split: str) -> None:
         p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")

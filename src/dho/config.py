@@ -71,6 +71,7 @@ class TeacherConfig:
     adapter: Literal["none", "tip", "tip-f"] = "none"  # few-shot teacher: Tip-Adapter(-F) on the labeled shots
     adapter_views: int = 10  # augmented views of each shot for the cache keys (and Tip-Adapter-F's training)
     adapter_epochs: int = 20  # Tip-Adapter-F key fine-tuning
+    cache: str | None = None  # a directory written by `dho cache-teacher`: outputs replayed, misses computed
 
     def __post_init__(self) -> None:
         _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
@@ -94,6 +95,7 @@ class StudentConfig:
     cosine_normalize_weight: bool = False  # False = the authors' code (features normalised only)
     language_init: bool = False  # W_CE = W_KD = teacher class embeddings when dims agree
     mlp_dropout: float = 0.0
+    freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
 
     def __post_init__(self) -> None:
         _check_choice("student.source", self.source, ("auto", "timm", "torchvision"))
@@ -217,7 +219,12 @@ class RunConfig:
     device: str = "auto"
     threads: int | None = None  # torch threads; None = the free cores
     channels_last: bool = True  # NHWC memory layout for convolutional students
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs
+    compile: bool = False  # torch.compile the student's backbone
     out: str = "runs/dho"
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

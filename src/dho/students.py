@@ -144,13 +144,38 @@ class DualHeadStudent(nn.Module):
         self.classnames = list(classnames)
         self.alpha, self.beta = (0.5, 1.0) if kd_head is not None else (1.0, 1.0)
 
+    def freeze_backbone(self) -> DualHeadStudent:
+        """Heads-only training: the backbone keeps its weights and BatchNorm statistics."""
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self._frozen_backbone = True
+        return self
+
+    def train(self, mode: bool = True) -> DualHeadStudent:
+        super().train(mode)
+        if getattr(self, "_frozen_backbone", False):
+            self.backbone.eval()
+        return self
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """uint8 or [0, 1] images [B, 3, H, W] -> backbone features [B, D] in eval mode."""
+        was_training = self.training
+        self.eval()
+        z = self.backbone(self.preprocess(images))
+        self.train(was_training)
+        return z
+
     @property
     def dual_head(self) -> bool:
         return self.kd_head is not None
 
-    def forward(self, images: Tensor) -> HeadOutput:
-        """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits."""
-        z = self.backbone(self.preprocess(images))
+    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None) -> HeadOutput:
+        """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits; or, for a frozen
+        backbone whose features [B, D] were computed before, ``features=`` -> the heads' logits."""
+        if (images is None) == (features is None):
+            raise ValueError("pass images or features=, not both")
+        z = self.backbone(self.preprocess(images)) if images is not None else features
         projected = self.projector(z) if self.projector is not None else None
         ce = self.ce_head(projected if isinstance(self.ce_head, TextHead) else z)
         return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce, projected)

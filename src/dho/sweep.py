@@ -20,12 +20,9 @@ teachers are fitted on them. ``<out>/results.csv`` gathers every run and the tea
 from __future__ import annotations
 
 import csv
-import functools
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,17 +31,16 @@ from typing import Any
 import torch
 import yaml
 
-from .config import METHODS, ConfigError, DataConfig, RunConfig
-from .data.images import apply_crop, crop_params, decode_image, eval_view
-from .data.splits import SplitManifest, splits_for
+from .config import METHODS, ConfigError, RunConfig
+from .data.splits import SplitManifest
 from .evaluate import SplitLogits, score
-from .losses import METHOD_SPECS
-from .pool import executor, shards
-from .teachers import Teacher, TeacherOutput, build_teacher
+from .pool import executor
+from .precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
+from .teachers import Teacher, build_teacher
 from .teachers.cache import TeacherCache
-from .teachers.fewshot import ADAPTER_SEED_OFFSET, FewShotTeacher, eval_key, fit_fewshot_teacher
+from .teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
 from .teachers.tip_adapter import TipAdapter
-from .train import free_cores, planned_views, train
+from .train import free_cores, train
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
@@ -105,106 +101,16 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
     return sweep, RunConfig.from_dict(data.get("run") or {}).override(list(overrides))
 
 
-@functools.lru_cache(maxsize=64)
-def _splits(data: DataConfig) -> SplitManifest:
-    """Split manifests are pure functions of the (frozen, hashable) data config; a sweep reuses them."""
-    return splits_for(data)
-
-
-# ---- teacher outputs, computed once per view --------------------------------------------------
-# A request is (key, relative path, crop seed, view) for a training view or (key, path, None, None)
-# for a centre crop at the teacher's size; workers rebuild the pixels from it.
-Request = tuple[str, str, int | None, int | None]
-
-
-def _requests(cfgs: list[RunConfig], teacher: Teacher) -> dict[str, Request]:
-    needed: dict[str, Request] = {}
-    for cfg in cfgs:
-        manifest = _splits(cfg.data)
-        if METHOD_SPECS[cfg.loss.method].teacher:
-            for split, keys in planned_views(cfg, manifest).items():
-                items = manifest.split(split)
-                for i, v in keys:
-                    path = items[i][0]
-                    needed[f"{cfg.seed}/{path}#{v}"] = (f"{cfg.seed}/{path}#{v}", path, cfg.seed, v)
-        if cfg.teacher.adapter != "none":
-            seed = cfg.seed + ADAPTER_SEED_OFFSET
-            for path, _ in manifest.labeled:
-                for v in range(cfg.teacher.adapter_views):
-                    needed[f"{seed}/{path}#{v}"] = (f"{seed}/{path}#{v}", path, seed, v)
-        for path, _ in (*manifest.val, *manifest.test):
-            key = eval_key(teacher.image_size, path)
-            needed[key] = (key, path, None, None)
-    return needed
-
-
-def _teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    manifest = splits_for(cfg.data)
-    teacher = build_teacher(cfg.teacher, manifest.classes)
-    view_size = cfg.data.view_size or teacher.image_size
-    keys, feats, logits = [], [], []
-    for start in range(0, len(requests), 128):
-        chunk = requests[start:start + 128]
-        images = []
-        for _, path, seed, view in chunk:
-            image = decode_image(manifest.path(path))
-            if seed is None:
-                images.append(eval_view(image, teacher.image_size))
-            else:
-                params = crop_params(seed, path, view, image.shape[1], image.shape[2], cfg.optim.crop_scale)
-                images.append(apply_crop(image, params, view_size))
-        by_size: dict[int, list[int]] = {}
-        for j, im in enumerate(images):
-            by_size.setdefault(im.shape[-1], []).append(j)
-        for idx in by_size.values():
-            out = teacher(torch.stack([images[j] for j in idx]))
-            keys += [chunk[j][0] for j in idx]
-            feats.append(out.features)
-            logits.append(out.logits)
-    return keys, torch.cat(feats) if feats else torch.empty(0), torch.cat(logits) if logits else torch.empty(0)
-
-
-def _base_teacher(cfg: RunConfig) -> RunConfig:
-    """The config with the few-shot adapter removed: whose outputs the cache holds."""
-    return cfg.override({"teacher.adapter": "none"})
-
-
-def _cache_path(out: Path, cfg: RunConfig) -> Path:
-    teacher = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter")}
-    ident = json.dumps({"teacher": teacher, "view_size": cfg.data.view_size, "root": cfg.data.root,
-                        "crop_scale": list(cfg.optim.crop_scale)}, sort_keys=True)
-    return out / "teacher_cache" / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.pt"
-
-
-def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int,
-                       on_done: Callable[[], None] = lambda: None) -> TeacherCache:
-    """Compute the base teacher's outputs for every view ``cfgs`` need that ``path`` lacks; save."""
-    base = _base_teacher(cfgs[0])
-    teacher = build_teacher(base.teacher, splits_for(base.data).classes)
-    cache = TeacherCache.load(teacher, path) if path.is_file() else TeacherCache(teacher)
-    missing = [r for key, r in _requests(cfgs, teacher).items() if key not in cache]
-    log.info("teacher cache %s: %d outputs stored, %d to compute", path.name, len(cache), len(missing))
-    if missing:
-        futures = [pool.submit(_teacher_job, base, shard) for shard in shards(missing, workers) if shard]
-        for future in futures:
-            future.add_done_callback(lambda _: on_done())
-        for future in futures:
-            keys, feats, logits = future.result()
-            cache.update(keys, TeacherOutput(feats, logits))
-        cache.save(path)
-    return cache
-
-
 # ---- runs -------------------------------------------------------------------------------------
 _WORKER_STATE: dict[str, Any] = {}
 
 
 def _worker_cache(cfg: RunConfig, cache_path: Path) -> tuple[Teacher, TeacherCache]:
     """The base teacher and its cache, loaded once per worker process."""
-    key = f"{cache_path}:{cache_path.stat().st_mtime_ns}"
+    key = f"{cache_path}:{(cache_path / 'meta.json').stat().st_mtime_ns}"
     if _WORKER_STATE.get("key") != key:
-        base = _base_teacher(cfg)
-        teacher = build_teacher(base.teacher, splits_for(base.data).classes)
+        base = base_teacher_config(cfg)
+        teacher = build_teacher(base.teacher, cached_splits(base.data).classes)
         _WORKER_STATE.update(key=key, teacher=teacher, cache=TeacherCache.load(teacher, cache_path))
     return _WORKER_STATE["teacher"], _WORKER_STATE["cache"]
 
@@ -269,7 +175,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     todo = {key: cfg for key, cfg in cfgs.items() if not (Path(cfg.out) / "results.json").is_file()}
     log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
     workers = sweep.workers or free_cores()
-    cache_path = _cache_path(out, base)
+    cache_path = store_path(out, base)
     bar = tqdm(total=len(todo) + workers, desc="sweep", disable=not progress)
     teacher_rows = []
     with executor(workers) as pool:
@@ -282,7 +188,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
             if (label, shots, seed) in adapters:
                 continue
             cfg = cfgs[(label, shots, seed, method)]
-            manifest = _splits(cfg.data)
+            manifest = cached_splits(cfg.data)
             teacher: Teacher = cache.teacher
             if cfg.teacher.adapter != "none":
                 teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, cfg.data.view_size or teacher.image_size, cache)

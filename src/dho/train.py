@@ -20,18 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from . import distributed
+from .batches import FeatureBatches, ImageBatches
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
 from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews
 from .data.splits import splits_for
-from .evaluate import collect_logits, score
+from .distributed import DistContext
+from .evaluate import SplitLogits, collect_logits, score
 from .gradients import gradient_conflict, pcgrad_backward
 from .losses import METHOD_SPECS, method_loss
 from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
 from .optim import build_optimizer, build_scheduler
+from .precision import autocast, resolve_precision
 from .students import DualHeadStudent, build_student
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
@@ -72,20 +77,17 @@ def steps_per_epoch(cfg: RunConfig, manifest: SplitManifest) -> int:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; the others write nothing)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_text("")
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.write_text("")
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _stream(views: TrainViews, batch_size: int, seed: int, name: str, workers: int):
-    sampler = StreamSampler(len(views), batch_size, seed, name)
-    return iter(DataLoader(views, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
+        if self.enabled:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
 
 def total_steps(cfg: RunConfig, manifest: SplitManifest) -> int:
@@ -135,6 +137,31 @@ def _build_student(cfg: RunConfig, teacher: Teacher, classes: list[str]) -> Dual
                          text_head=cfg.loss.method == "kd_feature")
 
 
+def _collect(ctx: DistContext, views: Dataset, student: DualHeadStudent, teacher: Teacher | None, **kw) -> SplitLogits:
+    """Logits of a split; under torchrun each rank scores rows rank::world (no padding) and all get every row."""
+    if not ctx.enabled:
+        return collect_logits(views, student, teacher, **kw)
+    part = collect_logits(Subset(views, range(ctx.rank, len(views), ctx.world_size)), student, teacher, **kw)
+    n = len(views)
+    return SplitLogits(*(distributed.gather_rows(ctx, t, n) for t in (part.labels, part.ce, part.kd, part.teacher)))
+
+
+def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) -> TeacherCache | None:
+    """The cache handed in by a caller (sweeps), else the store named by ``teacher.cache``, else none."""
+    if given is not None or not cfg.teacher.cache:
+        return given
+    base = teacher.base if isinstance(teacher, FewShotTeacher) else teacher
+    cache = TeacherCache.load(base, cfg.teacher.cache)
+    info = cache.store.meta.get("info", {})
+    expected = {"view_size": cfg.data.view_size, "crop_scale": list(cfg.optim.crop_scale)}
+    clash = {k: (info[k], v) for k, v in expected.items() if k in info and info[k] != v}
+    if clash:
+        raise ValueError(f"teacher.cache={cfg.teacher.cache} was built for other views: "
+                         + ", ".join(f"{k}={a} (this run: {b})" for k, (a, b) in clash.items()))
+    log.info("teacher outputs replayed from %s (%d views, %s)", cfg.teacher.cache, len(cache), cache.store.meta["dtype"])
+    return cache
+
+
 def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = None,
           teacher_cache: TeacherCache | None = None) -> RunResult:
     """Train a student as configured; write the run directory; return its results.
@@ -142,23 +169,29 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``; a
     :class:`FewShotTeacher` is used as given, otherwise one is fitted when ``teacher.adapter`` asks);
     ``teacher_cache`` replays the base teacher's outputs of views seen before (e.g. by another
-    method or shot count on the same seed).
+    method or shot count on the same seed); without one, ``teacher.cache`` names a store on disk.
+    Under ``torchrun`` every process calls this; rank 0 writes the run directory.
     """
     # ---- setup ------------------------------------------------------------------------------
     started = time.time()
+    ctx, device = distributed.init_distributed(cfg.device)
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    torch.set_num_threads(cfg.threads or free_cores())
-    device = resolve_device(cfg.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.threads or max(1, free_cores() // local_procs))
+    amp = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     spec = METHOD_SPECS[cfg.loss.method]
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    frozen = cfg.student.freeze_backbone
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=ctx.is_main)
 
     # ---- build: splits, teacher, student, data streams, optimiser -----------------------------
     d = cfg.data
     manifest = splits_for(d)
-    manifest.save(run_dir / "splits.json")
+    if ctx.is_main:
+        manifest.save(run_dir / "splits.json")
     log.info("data: %s", manifest.summary())
     if teacher is None:
         teacher = build_teacher(cfg.teacher, manifest.classes)
@@ -166,65 +199,75 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
         raise ValueError("the given teacher was built for other classes than this dataset's")
     teacher = teacher.to(device)
     student = _build_student(cfg, teacher, manifest.classes).to(device)
+    if frozen:
+        student.freeze_backbone()
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
         student.preprocess.channels_last = True
+    if cfg.compile and not frozen:
+        student.backbone.compile()
     view_size = d.view_size or max(student.preprocess.size, teacher.image_size)
+    teacher_cache = _teacher_cache(cfg, teacher, teacher_cache)
+    cache_start = (teacher_cache.hits, teacher_cache.misses) if teacher_cache is not None else (0, 0)
     if cfg.teacher.adapter != "none" and not isinstance(teacher, FewShotTeacher):
         teacher = fit_fewshot_teacher(cfg, teacher, manifest, view_size, teacher_cache)
 
+    @torch.no_grad()
     def teacher_outputs(images: torch.Tensor, keys: list[str]) -> TeacherOutput:
         if teacher_cache is None:
-            return teacher(images)
+            with autocast(device, amp):
+                out = teacher(images)
+            return TeacherOutput(out.features.float(), out.logits.float())
         out = teacher_cache.outputs(images, keys)  # the base teacher's outputs
         return teacher.adapt(out) if isinstance(teacher, FewShotTeacher) else out
     eval_size = max(student.preprocess.size, teacher.image_size) if cfg.eval.teacher else student.preprocess.size
 
     def store(items, name):
-        return ImageStore(manifest, items, in_memory=d.in_memory, progress=progress, desc=f"decode {name}")
+        return ImageStore(manifest, items, in_memory=d.in_memory, progress=progress and ctx.is_main, desc=f"decode {name}")
 
-    streams = {}
-    for name, items, used in (("labeled", manifest.labeled, spec.labeled), ("unlabeled", manifest.unlabeled, spec.unlabeled)):
-        if used:
-            views = TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
-            streams[name] = _stream(views, cfg.optim.batch_size, cfg.seed, name, d.num_workers)
-    val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
+    views = {name: TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
+             for name, items, used in (("labeled", manifest.labeled, spec.labeled),
+                                       ("unlabeled", manifest.unlabeled, spec.unlabeled)) if used}
     spe, steps = steps_per_epoch(cfg, manifest), total_steps(cfg, manifest)
+    t_fn = teacher_outputs if spec.teacher else None
+    if frozen:
+        batches = FeatureBatches(views, planned_views(cfg, manifest), cfg.optim.batch_size, cfg.seed, device,
+                                 student.embed, t_fn, ctx.rank, ctx.world_size, progress=progress and ctx.is_main)
+    else:
+        batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, t_fn, d.num_workers, ctx.rank, ctx.world_size)
+    val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
+    # PCGrad combines per-objective gradients itself, so it averages them across ranks by hand.
+    ddp = ctx.enabled and not spec.pcgrad
+    model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None) if ddp else student
+    trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
-    log.info("training %s: %d steps (%d per epoch), %s student, teacher %s",
-             cfg.loss.method, steps, spe, cfg.student.backbone, teacher.id)
+    conflict_every = cfg.eval.conflict_every if not frozen else 0
+    if cfg.eval.conflict_every and frozen:
+        log.warning("gradient conflict is measured on the backbone, which is frozen: not measured")
+    log.info("training %s: %d steps (%d per epoch), %s student%s, teacher %s, %s",
+             cfg.loss.method, steps, spe, cfg.student.backbone, " (heads only)" if frozen else "", teacher.id,
+             "bf16 autocast" if amp is not None else "fp32")
 
     # ---- loop -------------------------------------------------------------------------------
     best = {"val": -1.0, "state": None, "epoch": None}
     student.train()
-    bar = tqdm(range(steps), desc=f"train {cfg.loss.method}", disable=not progress)
+    bar = tqdm(range(steps), desc=f"train {cfg.loss.method}", disable=not (progress and ctx.is_main))
     for step in bar:
-        parts, keys, labels = [], [], torch.empty(0, dtype=torch.long)
-        if spec.labeled:
-            images_l, labels, keys_l = next(streams["labeled"])
-            parts.append(images_l)
-            keys += keys_l
-        if spec.unlabeled:
-            images_u, _, keys_u = next(streams["unlabeled"])
-            parts.append(images_u)
-            keys += keys_u
-        num_labeled = len(labels)
-        images = torch.cat(parts).to(device, non_blocking=True)  # [B_l + B_u, 3, S, S] uint8
-        labels = labels.to(device)
-        t_out = teacher_outputs(images, keys) if spec.teacher else None
-        out = student(images)
-        losses = method_loss(cfg.loss.method, out, labels, t_out, num_labeled, cfg.loss)
-        if not torch.isfinite(losses["loss"]):
+        batch = next(batches)
+        with autocast(device, amp):
+            out = model(features=batch.inputs) if frozen else model(batch.inputs)
+        losses = method_loss(cfg.loss.method, out, batch.labels, batch.teacher, batch.num_labeled, cfg.loss)
+        if not distributed.all_finite(ctx, losses["loss"]):
             raise FloatingPointError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
-        if cfg.eval.conflict_every and step % cfg.eval.conflict_every == 0:
-            conflict = gradient_conflict(student.backbone, out, losses, labels, t_out, num_labeled)
+        if conflict_every and step % conflict_every == 0 and ctx.is_main:
+            conflict = gradient_conflict(student.backbone, out, losses, batch.labels, batch.teacher, batch.num_labeled)
             if conflict is not None:
                 metrics.write({"step": step + 1, "epoch": (step + 1) / spe, "conflict": conflict})
         optimizer.zero_grad(set_to_none=True)
         if spec.pcgrad:
-            pcgrad_backward([cfg.loss.ce_weight * losses["ce_loss"], cfg.loss.kd_weight * losses["kd_loss"]],
-                            list(student.parameters()))
+            pcgrad_backward([cfg.loss.ce_weight * losses["ce_loss"], cfg.loss.kd_weight * losses["kd_loss"]], trainable)
+            distributed.average_gradients(ctx, trainable)
         else:
             losses["loss"].backward()
         optimizer.step()
@@ -232,12 +275,13 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
 
         epoch_done, epoch = (step + 1) % spe == 0, (step + 1) // spe
         if step % 10 == 0 or step + 1 == steps:
+            values = distributed.mean_across(ctx, {k: v.detach().float() for k, v in losses.items()})
             record = {"step": step + 1, "epoch": (step + 1) / spe, "lr": scheduler.get_last_lr()[0],
-                      **{k: round(float(v.detach()), 6) for k, v in losses.items()}}
+                      **{k: round(v, 6) for k, v in values.items()}}
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
         if val_views is not None and cfg.eval.eval_every and epoch_done and epoch % cfg.eval.eval_every == 0:
-            val_logits = collect_logits(val_views, student, batch_size=cfg.eval.batch_size, device=device)
+            val_logits = _collect(ctx, val_views, student, None, batch_size=cfg.eval.batch_size, device=device)
             mix = tune_mixing(cfg, student, val_logits)
             val_acc = mix.get("val_mixed", score(val_logits)["ce_head"])
             metrics.write({"step": step + 1, "epoch": epoch, "val": score(val_logits, mix["alpha"], mix["beta"])})
@@ -249,23 +293,31 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     if best["state"] is not None:
         student.load_state_dict(best["state"])
         log.info("kept epoch %d (validation %.4f)", best["epoch"], best["val"])
-    eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress, "num_workers": d.num_workers}
+    eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress and ctx.is_main,
+               "num_workers": d.num_workers}
     eval_teacher = teacher if cfg.eval.teacher else None
-    val_logits = collect_logits(val_views, student, eval_teacher, desc="validation", **eval_kw) if val_views else None
+    val_logits = _collect(ctx, val_views, student, eval_teacher, desc="validation", **eval_kw) if val_views else None
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix["alpha"], mix["beta"]
-    if val_logits is not None and len(val_logits.labels) and student.dual_head:
-        write_mixing_grid(run_dir / "mixing_grid.csv", val_logits)
     test_views = EvalViews(store(manifest.test, "test"), eval_size) if manifest.test else None
-    test = score(collect_logits(test_views, student, eval_teacher, desc="test", **eval_kw), student.alpha, student.beta) if test_views else {}
+    test_logits = _collect(ctx, test_views, student, eval_teacher, desc="test", **eval_kw) if test_views else None
+    test = score(test_logits, student.alpha, student.beta) if test_logits is not None else {}
     results = {
         "method": cfg.loss.method, "steps": steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
         **mix, "test": test, "val": score(val_logits, student.alpha, student.beta) if val_logits else {},
         "teacher": teacher.id, "split": manifest.info, "wall_time_s": round(time.time() - started, 2),
     }
-    save_checkpoint(student, run_dir / "checkpoint", templates=list(teacher.templates), teacher=teacher.describe(),
-                    mixing=mix, config=cfg.to_dict(), split=manifest.info,
-                    metrics={"test": test.get("mixed", test.get("ce_head"))})
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
+    if teacher_cache is not None:
+        results["teacher_cache"] = {"hits": teacher_cache.hits - cache_start[0], "misses": teacher_cache.misses - cache_start[1]}
+    if ctx.enabled:  # equal checksums = replicas in sync
+        results["distributed"] = {"world_size": ctx.world_size,
+                                  "param_checksums": distributed.all_gather_float(ctx, distributed.param_checksum(student))}
+    if ctx.is_main:
+        if val_logits is not None and len(val_logits.labels) and student.dual_head:
+            write_mixing_grid(run_dir / "mixing_grid.csv", val_logits)
+        save_checkpoint(student, run_dir / "checkpoint", templates=list(teacher.templates), teacher=teacher.describe(),
+                        mixing=mix, config=cfg.to_dict(), split=manifest.info,
+                        metrics={"test": test.get("mixed", test.get("ce_head"))})
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
     return RunResult(run_dir, results, student)

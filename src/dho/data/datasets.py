@@ -88,21 +88,27 @@ class StreamSampler:
             raise ValueError(f"the {name} stream is empty")
         self.n, self.batch_size, self.seed, self.name, self.start_batch = n, batch_size, seed, name, start_batch
 
-    def _permutation(self, p: int) -> list[int]:
+    def _permutation(self, p: int) -> Tensor:
         digest = hashlib.blake2b(f"{self.seed}|{self.name}|{p}".encode(), digest_size=8).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        return torch.randperm(self.n, generator=gen).tolist()
+        return torch.randperm(self.n, generator=gen)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def tensors(self) -> Iterator[Tensor]:
+        """The same stream as LongTensors [batch_size, 2] of (index, pass) rows."""
         position = self.start_batch * self.batch_size
         p, offset = divmod(position, self.n)
         order = self._permutation(p)
         while True:
-            batch = []
-            while len(batch) < self.batch_size:
+            parts, need = [], self.batch_size
+            while need:
                 if offset == self.n:
                     p, offset, order = p + 1, 0, self._permutation(p + 1)
-                take = min(self.batch_size - len(batch), self.n - offset)
-                batch.extend((i, p) for i in order[offset:offset + take])
-                offset += take
-            yield batch
+                take = min(need, self.n - offset)
+                idx = order[offset:offset + take]
+                parts.append(torch.stack([idx, torch.full_like(idx, p)], dim=1))
+                offset, need = offset + take, need - take
+            yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.tensors():
+            yield [tuple(pair) for pair in batch.tolist()]

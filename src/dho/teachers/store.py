@@ -1,0 +1,153 @@
+"""Teacher outputs on disk: sharded, memory-mapped arrays keyed by view key.
+
+A store is a directory::
+
+    meta.json                 teacher id, dtype, dimensions, top-k, the shards (rows each), free-form info
+    keys-00000.txt            one view key per line
+    features-00000.npy        [rows, D] L2-normalised image features
+    logits-00000.npy          [rows, C] logits            (or, with top-k:)
+    topk_values-00000.npy     [rows, K] the K largest logits
+    topk_indices-00000.npy    [rows, K] their class indices (int32)
+
+Shards are written completely before ``meta.json`` names them (temporary file, then rename), so a
+store that can be opened is never half written; adding outputs appends a shard. Arrays are read
+with ``numpy.load(mmap_mode="r")``: opening a store costs nothing and only the rows a batch needs
+are read. Top-k logits give the teacher's distribution restricted to its K best classes: the other
+logits read back as :data:`MISSING_LOGIT`, whose probability is 0 in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import TeacherOutput
+
+__all__ = ["MISSING_LOGIT", "TeacherStore"]
+
+MISSING_LOGIT = -1e4
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class TeacherStore:
+    """A read-mostly on-disk table of teacher outputs; see the module docstring for the layout."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a teacher store (no meta.json)")
+        self.meta = json.loads(meta_path.read_text())
+        self.index: dict[str, tuple[int, int]] = {}
+        self._arrays: list[dict[str, np.ndarray]] = []
+        for s, shard in enumerate(self.meta["shards"]):
+            keys = (self.path / f"keys-{shard['name']}.txt").read_text().split("\n")[: shard["rows"]]
+            self.index.update((k, (s, r)) for r, k in enumerate(keys))
+            self._arrays.append({kind: np.load(self.path / f"{kind}-{shard['name']}.npy", mmap_mode="r")
+                                 for kind in self._kinds()})
+
+    # -- creation -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, teacher_id: str, feature_dim: int, num_classes: int, *,
+               dtype: str = "float16", topk: int | None = None, info: dict | None = None) -> TeacherStore:
+        """An empty store (the directory must not hold one already)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if topk is not None and not 0 < topk <= num_classes:
+            raise ValueError(f"topk={topk} must be in [1, {num_classes}]")
+        path = Path(path)
+        if (path / "meta.json").exists():
+            raise FileExistsError(f"{path} already holds a teacher store")
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_json(path / "meta.json", {"format": 1, "teacher": teacher_id, "dtype": dtype, "feature_dim": feature_dim,
+                                          "num_classes": num_classes, "topk": topk, "shards": [], "info": info or {}})
+        return cls(path)
+
+    def _kinds(self) -> tuple[str, ...]:
+        return ("features", "topk_values", "topk_indices") if self.meta["topk"] else ("features", "logits")
+
+    def append(self, keys: Sequence[str], outputs: TeacherOutput) -> int:
+        """Write the rows whose keys the store lacks as one new shard; returns how many were new."""
+        first: dict[str, int] = {}
+        for j, k in enumerate(keys):
+            if k not in self.index:
+                first.setdefault(k, j)  # the first row of a repeated key
+        fresh = list(first.values())
+        if not fresh:
+            return 0
+        if any("\n" in keys[j] for j in fresh):
+            raise ValueError("view keys must not contain newlines")
+        rows = torch.tensor(fresh)
+        dtype = DTYPES[self.meta["dtype"]]
+        arrays = {"features": outputs.features[rows].float().cpu().numpy().astype(dtype)}
+        logits = outputs.logits[rows].float().cpu()
+        if self.meta["topk"]:
+            top = logits.topk(self.meta["topk"], dim=-1)
+            arrays["topk_values"] = top.values.numpy().astype(dtype)
+            arrays["topk_indices"] = top.indices.numpy().astype(np.int32)
+        else:
+            arrays["logits"] = logits.numpy().astype(dtype)
+        name = f"{len(self.meta['shards']):05d}"
+        for kind, array in arrays.items():
+            tmp = self.path / f".{kind}-{name}.npy.tmp"
+            with tmp.open("wb") as fh:
+                np.save(fh, array)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(self.path / f"{kind}-{name}.npy")
+        (self.path / f"keys-{name}.txt").write_text("\n".join(keys[j] for j in fresh))
+        meta = {**self.meta, "shards": [*self.meta["shards"], {"name": name, "rows": len(fresh)}]}
+        _atomic_json(self.path / "meta.json", meta)
+        self.meta = meta
+        s = len(self._arrays)
+        self.index.update((keys[j], (s, r)) for r, j in enumerate(fresh))
+        self._arrays.append({kind: np.load(self.path / f"{kind}-{name}.npy", mmap_mode="r") for kind in self._kinds()})
+        return len(fresh)
+
+    # -- reading ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    @property
+    def teacher_id(self) -> str:
+        return self.meta["teacher"]
+
+    def rows(self, keys: Sequence[str]) -> TeacherOutput:
+        """Features [B, D] and logits [B, C] (float32, CPU) of ``keys``, all present in the store."""
+        if not keys:
+            return TeacherOutput(torch.empty(0, self.meta["feature_dim"]), torch.empty(0, self.meta["num_classes"]))
+        missing = [k for k in keys if k not in self.index]
+        if missing:
+            raise KeyError(f"{len(missing)} view keys are not in {self.path}, e.g. {missing[0]!r}")
+        where = np.array([self.index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
+        out = {kind: None for kind in self._kinds()}
+        for s in np.unique(where[:, 0]):
+            pos = np.nonzero(where[:, 0] == s)[0]
+            for kind, array in self._arrays[s].items():
+                block = torch.from_numpy(np.ascontiguousarray(array[where[pos, 1]]))
+                if out[kind] is None:
+                    out[kind] = torch.empty((len(keys), *block.shape[1:]), dtype=block.dtype)
+                out[kind][torch.from_numpy(pos)] = block
+        feats = out["features"].float()
+        if self.meta["topk"]:
+            logits = torch.full((len(keys), self.meta["num_classes"]), MISSING_LOGIT)
+            logits.scatter_(1, out["topk_indices"].long(), out["topk_values"].float())
+        else:
+            logits = out["logits"].float()
+        return TeacherOutput(feats, logits)

@@ -1,0 +1,135 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dho.batches import FeatureBatches, ImageBatches, RankSlice
+from dho.data import ImageStore, StreamSampler, TrainViews
+from dho.data.splits import splits_for
+from dho.precision import resolve_precision
+from dho.train import planned_views, train
+
+
+def test_rank_slices_partition_every_global_batch():
+    full = iter(StreamSampler(10, 8, seed=3, name="labeled"))
+    ranks = [iter(RankSlice(StreamSampler(10, 8, seed=3, name="labeled"), r, 2)) for r in range(2)]
+    for _ in range(5):
+        batch = next(full)
+        parts = [next(r) for r in ranks]
+        assert sorted(parts[0] + parts[1]) == sorted(batch) and len(parts[0]) == len(parts[1]) == 4
+    with pytest.raises(ValueError, match="divisible"):
+        RankSlice(StreamSampler(10, 7, 0, "x"), 0, 2)
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    from dho.precision import cpu_has_native_bf16
+
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_bf16_autocast_run_trains(tiny_cfg):
+    result = train(tiny_cfg.override({"precision": "bf16", "optim.epochs": 2}))
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines if "loss" in x)
+    assert 0 <= result.results["test"]["mixed"] <= 1
+
+
+def test_feature_batches_replay_the_image_batches_through_a_frozen_backbone(tiny_cfg):
+    from dho.students import build_student
+
+    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 4})
+    manifest = splits_for(cfg.data)
+    student = build_student(cfg.student, manifest.classes).freeze_backbone()
+    views = {name: TrainViews(ImageStore(manifest, manifest.split(name)), 32, cfg.optim.crop_scale, cfg.seed, num_views=2)
+             for name in ("labeled", "unlabeled")}
+    plan = planned_views(cfg, manifest)
+    images = ImageBatches(views, 8, cfg.seed, torch.device("cpu"), None)
+    feats = FeatureBatches(views, plan, 8, cfg.seed, torch.device("cpu"), student.embed, None, chunk=5)
+    assert len(feats.features) == sum(len(p) for p in plan.values())
+    for _ in range(4):
+        a, b = next(images), next(feats)
+        assert torch.equal(a.labels, b.labels) and a.num_labeled == b.num_labeled == 8
+        assert torch.allclose(student.embed(a.inputs), b.inputs, atol=1e-5)
+
+
+def test_heads_only_training_keeps_the_backbone(tiny_cfg):
+    from dho.students import build_student
+
+    cfg = tiny_cfg.override({"student.freeze_backbone": True, "data.num_views": 2, "optim.epochs": 10,
+                             "eval.conflict_every": 2})
+    result = train(cfg)
+    torch.manual_seed(cfg.seed)
+    fresh = build_student(cfg.student, result.student.classnames)
+    for name, p in fresh.backbone.state_dict().items():
+        assert torch.equal(p, result.student.backbone.state_dict()[name]), name
+    assert not torch.equal(fresh.ce_head.weight, result.student.ce_head.weight)  # the heads trained
+    assert not torch.equal(fresh.kd_head.weight, result.student.kd_head.weight)
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and not any("conflict" in x for x in lines)  # steps 1 and 10; no conflict
+    assert result.results["selection"] == "validation grid"
+
+
+def test_cache_teacher_store_replays_every_view_of_the_run(tiny_cfg, tmp_path, capsys):
+    from dho.cli import main
+    from dho.config import save_config
+    from dho.teachers import build_teacher
+    from dho.teachers.store import TeacherStore
+
+    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 6, "data.view_size": 32})
+    save_config(cfg, tmp_path / "run.yaml")
+    store_dir = tmp_path / "store"
+    assert main(["cache-teacher", "--config", str(tmp_path / "run.yaml"), "--out", str(store_dir), "--dtype", "float32",
+                 "--workers", "1"]) == 0
+    assert "train with teacher.cache=" in capsys.readouterr().out
+    store = TeacherStore(store_dir)
+    # stored outputs are the online teacher's on the regenerated views
+    manifest = splits_for(cfg.data)
+    teacher = build_teacher(cfg.teacher, manifest.classes)
+    views = TrainViews(ImageStore(manifest, manifest.unlabeled), 32, cfg.optim.crop_scale, cfg.seed, num_views=2)
+    keys = planned_views(cfg, manifest)["unlabeled"][:10]
+    crops, _, names = zip(*(views[k] for k in keys))
+    online = teacher(torch.stack(crops))
+    assert torch.allclose(store.rows(list(names)).logits, online.logits, rtol=1e-5, atol=1e-5)
+    # training reads the store: every teacher output replayed, the run equals the online one
+    cached = train(cfg.override({"teacher.cache": str(store_dir), "out": str(tmp_path / "cached")}))
+    plain = train(cfg.override({"out": str(tmp_path / "online")}))
+    assert cached.results["teacher_cache"] == {"hits": 6 * 16, "misses": 0}
+    for (name, x), (_, y) in zip(cached.student.state_dict().items(), plain.student.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-4), name
+    with pytest.raises(ValueError, match="other views"):
+        train(cfg.override({"teacher.cache": str(store_dir), "data.view_size": 24, "out": str(tmp_path / "bad")}))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(synth_root, tmp_path):
+    """2 CPU processes (gloo) with the same global batch as 1 process: ranks in sync, same result."""
+    common = [f"data.root={synth_root}", "data.shots=2", "student.backbone=convnext_atto", "student.image_size=32",
+              "optim.epochs=4", "optim.batch_size=8", "eval.batch_size=16", "threads=1", "eval.teacher=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dho", "-q", "train", f"out={tmp_path / 'ddp'}", *common]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = train(__import__("dho").load_config(None, [*common, f"out={tmp_path / 'one'}"]))
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    sums = ddp["distributed"]["param_checksums"]
+    assert ddp["distributed"]["world_size"] == 2 and sums[0] == sums[1]
+    from dho.distributed import param_checksum
+
+    assert abs(sums[0] - param_checksum(single.student)) < 1e-3
+    from dho.checkpoint import load_student
+
+    replica = load_student(tmp_path / "ddp" / "checkpoint")
+    diff = max(float((x.float() - y.float()).abs().max()) for x, y in zip(replica.state_dict().values(), single.student.state_dict().values()))
+    print("max weight difference, 2 processes vs 1:", diff)
+    assert diff < 1e-4
+    assert ddp["test"]["n"] == single.results["test"]["n"]  # every test image scored once
+    assert ddp["test"]["ce_head"] == single.results["test"]["ce_head"]
