@@ -109,10 +109,12 @@ def test_cache_teacher_store_replays_every_view_of_the_run(tiny_cfg, tmp_path, c
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(synth_root, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["loss.method=pcgrad"], ["student.freeze_backbone=true", "data.num_views=2"]],
+                         ids=["dho", "pcgrad", "heads-only"])
+def test_torchrun_two_processes_match_one_process(synth_root, tmp_path, extra):
     """2 CPU processes (gloo) with the same global batch as 1 process: ranks in sync, same result."""
     common = [f"data.root={synth_root}", "data.shots=2", "student.backbone=convnext_atto", "student.image_size=32",
-              "optim.epochs=4", "optim.batch_size=8", "eval.batch_size=16", "threads=1", "eval.teacher=false"]
+              "optim.epochs=4", "optim.batch_size=8", "eval.batch_size=16", "threads=1", "eval.teacher=false", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dho", "-q", "train", f"out={tmp_path / 'ddp'}", *common]
