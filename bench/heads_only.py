@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dho.batches import FeatureBatches
-from dho.config import LossConfig, OptimConfig, RunConfig, StudentConfig
+from dho.config import LossConfig, OptimConfig, RunConfig
 from dho.data import ImageStore, TrainViews, make_synthetic_folder
 from dho.data.splits import splits_for
 from dho.distributed import DistContext, all_finite

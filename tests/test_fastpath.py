@@ -83,7 +83,8 @@ def test_cache_teacher_store_replays_every_view_of_the_run(tiny_cfg, tmp_path, c
     from dho.teachers import build_teacher
     from dho.teachers.store import TeacherStore
 
-    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 6, "data.view_size": 32})
+    # crops at the student's 40 px (the larger input; the synthetic teacher reads 32 px)
+    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 6, "student.image_size": 40})
     save_config(cfg, tmp_path / "run.yaml")
     store_dir = tmp_path / "store"
     assert main(["cache-teacher", "--config", str(tmp_path / "run.yaml"), "--out", str(store_dir), "--dtype", "float32",
@@ -93,7 +94,7 @@ def test_cache_teacher_store_replays_every_view_of_the_run(tiny_cfg, tmp_path, c
     # stored outputs are the online teacher's on the regenerated views
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes)
-    views = TrainViews(ImageStore(manifest, manifest.unlabeled), 32, cfg.optim.crop_scale, cfg.seed, num_views=2)
+    views = TrainViews(ImageStore(manifest, manifest.unlabeled), 40, cfg.optim.crop_scale, cfg.seed, num_views=2)
     keys = planned_views(cfg, manifest)["unlabeled"][:10]
     crops, _, names = zip(*(views[k] for k in keys))
     online = teacher(torch.stack(crops))

@@ -26,7 +26,7 @@ from .evaluate import SplitLogits, score
 from .pool import executor, shards
 from .teachers import build_teacher
 from .teachers.cache import TeacherCache
-from .train import free_cores, planned_views, train
+from .train import free_cores, planned_views, train, training_view_size
 
 __all__ = ["DemoSettings", "METHODS", "run_demo"]
 
@@ -84,7 +84,7 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes)
     store = ImageStore(manifest, manifest.split(split), in_memory=False)
-    size = cfg.data.view_size or teacher.image_size
+    size = training_view_size(cfg, teacher.image_size)
     if split == "test":
         views = EvalViews(store, size)
         batch = [(f"test/{i}", views[i][0]) for i, _ in keys]

@@ -26,7 +26,7 @@ from .pool import executor, shards
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import ADAPTER_SEED_OFFSET, eval_key
-from .train import free_cores, planned_views
+from .train import free_cores, planned_views, training_view_size
 
 __all__ = ["base_teacher_config", "cache_teacher", "fill_teacher_cache", "store_info", "store_path", "teacher_requests"]
 
@@ -71,7 +71,7 @@ def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], tor
     """Worker: rebuild the requested views' pixels and run the base teacher on them."""
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes)
-    view_size = cfg.data.view_size or teacher.image_size
+    view_size = training_view_size(cfg, teacher.image_size)
     keys, feats, logits = [], [], []
     for start in range(0, len(requests), 128):
         chunk = requests[start:start + 128]
@@ -99,15 +99,18 @@ def base_teacher_config(cfg: RunConfig) -> RunConfig:
     return cfg.override({"teacher.adapter": "none", "teacher.cache": None})
 
 
-def store_info(cfg: RunConfig) -> dict:
+def store_info(cfg: RunConfig, teacher: Teacher) -> dict:
     """What makes stored views reusable: the base teacher, the view size, crop scale and data root."""
-    teacher = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
-    return {"teacher": teacher, "view_size": cfg.data.view_size, "root": cfg.data.root, "crop_scale": list(cfg.optim.crop_scale)}
+    fields = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
+    return {"teacher": fields, "view_size": training_view_size(cfg, teacher.image_size), "root": cfg.data.root,
+            "crop_scale": list(cfg.optim.crop_scale)}
 
 
 def store_path(out: Path, cfg: RunConfig) -> Path:
-    """A sweep's store for the runs that share ``store_info(cfg)``."""
-    ident = json.dumps(store_info(cfg), sort_keys=True)
+    """A sweep's store for the runs that share the base teacher, view size, crop scale and data root."""
+    fields = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
+    ident = json.dumps({"teacher": fields, "view_size": cfg.data.view_size, "student_size": cfg.student.image_size,
+                        "root": cfg.data.root, "crop_scale": list(cfg.optim.crop_scale)}, sort_keys=True)
     return out / "teacher_cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -119,7 +122,8 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int, *,
     base = base_teacher_config(cfgs[0])
     teacher = build_teacher(base.teacher, splits_for(base.data).classes)
     cache = TeacherCache.load(teacher, path) if (path / "meta.json").is_file() else TeacherCache(teacher)
-    if cache.store is not None and cache.store.meta["info"] and cache.store.meta["info"] != store_info(base):
+    info = store_info(base, teacher)
+    if cache.store is not None and cache.store.meta["info"] and cache.store.meta["info"] != info:
         raise ValueError(f"{path} holds views of another setup: {cache.store.meta['info']}")
     missing = [r for key, r in teacher_requests(cfgs, teacher, eval_splits).items() if key not in cache]
     log.info("teacher store %s: %d outputs stored, %d to compute", path, len(cache), len(missing))
@@ -129,7 +133,7 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int, *,
     for future in futures:
         keys, feats, logits = future.result()
         cache.update(keys, TeacherOutput(feats, logits))
-    cache.save(path, dtype=dtype, topk=topk, info=store_info(base))
+    cache.save(path, dtype=dtype, topk=topk, info=info)
     return cache
 
 

@@ -40,7 +40,7 @@ from .teachers import Teacher, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
 from .teachers.tip_adapter import TipAdapter
-from .train import free_cores, train
+from .train import free_cores, train, training_view_size
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
@@ -191,7 +191,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
             manifest = cached_splits(cfg.data)
             teacher: Teacher = cache.teacher
             if cfg.teacher.adapter != "none":
-                teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, cfg.data.view_size or teacher.image_size, cache)
+                teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, training_view_size(cfg, teacher.image_size), cache)
             adapters[(label, shots, seed)] = teacher.adapter.state() if isinstance(teacher, FewShotTeacher) else None
             teacher_rows.append(_row(label, shots, seed, "teacher", "", {"test": {"teacher": _teacher_accuracy(teacher, cache, manifest)}}))
         # 3. the runs, longest first, in worker processes of one thread each

@@ -42,7 +42,8 @@ from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 
-__all__ = ["RunResult", "free_cores", "planned_views", "resolve_device", "seed_everything", "total_steps", "train"]
+__all__ = ["RunResult", "free_cores", "planned_views", "resolve_device", "seed_everything", "total_steps", "train",
+           "training_view_size"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+def training_view_size(cfg: RunConfig, teacher_size: int) -> int:
+    """The size of training crops: ``data.view_size``, else the larger of the two models' inputs."""
+    return cfg.data.view_size or max(cfg.student.image_size, teacher_size)
 
 
 def total_steps(cfg: RunConfig, manifest: SplitManifest) -> int:
@@ -153,11 +159,14 @@ def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None)
     base = teacher.base if isinstance(teacher, FewShotTeacher) else teacher
     cache = TeacherCache.load(base, cfg.teacher.cache)
     info = cache.store.meta.get("info", {})
-    expected = {"view_size": cfg.data.view_size, "crop_scale": list(cfg.optim.crop_scale)}
+    expected = {"view_size": training_view_size(cfg, base.image_size), "crop_scale": list(cfg.optim.crop_scale)}
     clash = {k: (info[k], v) for k, v in expected.items() if k in info and info[k] != v}
     if clash:
         raise ValueError(f"teacher.cache={cfg.teacher.cache} was built for other views: "
                          + ", ".join(f"{k}={a} (this run: {b})" for k, (a, b) in clash.items()))
+    if cache.store.meta["topk"] and cfg.teacher.adapter != "none":
+        raise ValueError(f"teacher.cache={cfg.teacher.cache} keeps top-{cache.store.meta['topk']} logits; "
+                         "the few-shot teacher needs all of them (build the store without --topk)")
     log.info("teacher outputs replayed from %s (%d views, %s)", cfg.teacher.cache, len(cache), cache.store.meta["dtype"])
     return cache
 
@@ -206,7 +215,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
         student.preprocess.channels_last = True
     if cfg.compile and not frozen:
         student.backbone.compile()
-    view_size = d.view_size or max(student.preprocess.size, teacher.image_size)
+    view_size = training_view_size(cfg, teacher.image_size)
     teacher_cache = _teacher_cache(cfg, teacher, teacher_cache)
     cache_start = (teacher_cache.hits, teacher_cache.misses) if teacher_cache is not None else (0, 0)
     if cfg.teacher.adapter != "none" and not isinstance(teacher, FewShotTeacher):
