@@ -136,3 +136,13 @@ def test_torchrun_two_processes_match_one_process(synth_root, tmp_path, extra):
     assert diff < 1e-4
     assert ddp["test"]["n"] == single.results["test"]["n"]  # every test image scored once
     assert ddp["test"]["ce_head"] == single.results["test"]["ce_head"]
+
+
+def test_device_crops_give_the_same_run(tiny_cfg, tmp_path):
+    """Crops of images held on the training device are the loader's crops (the same run on the CPU)."""
+    a = train(tiny_cfg.override({"optim.epochs": 3, "out": str(tmp_path / "a")}))
+    b = train(tiny_cfg.override({"optim.epochs": 3, "data.device_crops": True, "out": str(tmp_path / "b")}))
+    for (name, x), (_, y) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="in-memory"):
+        ImageStore(splits_for(tiny_cfg.data), [], in_memory=False).to(torch.device("cpu"))

@@ -65,8 +65,9 @@ class ImageBatches:
     def __init__(self, views: dict[str, TrainViews], batch_size: int, seed: int, device: torch.device,
                  teacher_fn: TeacherFn | None, workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
         samplers = _streams(views, batch_size, seed, rank, world_size)
+        on_host = all(v.store.image(0).device.type == "cpu" for v in views.values() if len(v))
         self.loaders = {name: iter(DataLoader(views[name], batch_sampler=s, num_workers=workers,
-                                              persistent_workers=workers > 0, pin_memory=device.type == "cuda"))
+                                              persistent_workers=workers > 0, pin_memory=device.type == "cuda" and on_host))
                         for name, s in samplers.items()}
         self.device, self.teacher_fn = device, teacher_fn
 

@@ -120,6 +120,7 @@ class DataConfig:
     view_size: int | None = None  # training crops are made at this size; None = the larger model size
     num_views: int | None = None  # distinct augmented views per image (pass p replays view p % n); None = new each pass
     num_workers: int = 0
+    device_crops: bool | None = None  # crop in-memory images on the training device; None = on a GPU
 
     def __post_init__(self) -> None:
         if self.shots is None and self.fraction is None:

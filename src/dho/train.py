@@ -237,13 +237,18 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     views = {name: TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
              for name, items, used in (("labeled", manifest.labeled, spec.labeled),
                                        ("unlabeled", manifest.unlabeled, spec.unlabeled)) if used}
+    device_crops = d.in_memory and (d.device_crops if d.device_crops is not None else device.type == "cuda")
+    if device_crops:  # decoded once, uploaded once; each step's crops and flips run on the device
+        for v in views.values():
+            v.store.to(device)
     spe, steps = steps_per_epoch(cfg, manifest), total_steps(cfg, manifest)
     t_fn = teacher_outputs if spec.teacher else None
     if frozen:
         batches = FeatureBatches(views, planned_views(cfg, manifest), cfg.optim.batch_size, cfg.seed, device,
                                  student.embed, t_fn, ctx.rank, ctx.world_size, progress=progress and ctx.is_main)
     else:
-        batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, t_fn, d.num_workers, ctx.rank, ctx.world_size)
+        batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, t_fn, 0 if device_crops else d.num_workers,
+                               ctx.rank, ctx.world_size)
     val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
     # PCGrad combines per-objective gradients itself, so it averages them across ranks by hand.
     ddp = ctx.enabled and not spec.pcgrad

@@ -31,6 +31,13 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.items)
 
+    def to(self, device: torch.device) -> ImageStore:
+        """Move the decoded images to ``device`` (crops then run there, e.g. on the GPU)."""
+        if self._images is None:
+            raise ValueError("only an in-memory image store can move to a device")
+        self._images = [im.to(device, non_blocking=True) for im in self._images]
+        return self
+
     def image(self, index: int) -> Tensor:
         if self._images is not None:
             return self._images[index]
