@@ -143,17 +143,18 @@ class DualHeadStudent(nn.Module):
         self.spec = dict(spec)
         self.classnames = list(classnames)
         self.alpha, self.beta = (0.5, 1.0) if kd_head is not None else (1.0, 1.0)
+        self.frozen_backbone = False
 
     def freeze_backbone(self) -> DualHeadStudent:
         """Heads-only training: the backbone keeps its weights and BatchNorm statistics."""
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        self._frozen_backbone = True
+        self.frozen_backbone = True
         return self
 
     def train(self, mode: bool = True) -> DualHeadStudent:
         super().train(mode)
-        if getattr(self, "_frozen_backbone", False):
+        if self.frozen_backbone:
             self.backbone.eval()
         return self
 
