@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .checkpoint import load_student, save_checkpoint
+from .classifier import DHOClassifier
 from .config import RunConfig, load_config
 from .data import SplitManifest, make_splits
 from .losses import dho_loss
@@ -16,7 +17,7 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = [
-    "DualHeadStudent", "RunConfig", "SplitManifest", "Teacher", "build_student", "build_teacher",
+    "DHOClassifier", "DualHeadStudent", "RunConfig", "SplitManifest", "Teacher", "build_student", "build_teacher",
     "dho_loss", "load_config", "load_student", "make_splits", "mix_probs", "save_checkpoint",
     "search_mixing", "train",
 ]

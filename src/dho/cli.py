@@ -82,6 +82,23 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    r = export_checkpoint(args.checkpoint, args.out, args.format, images=args.images, split=args.split, count=args.check,
+                          alpha=args.alpha, beta=args.beta, heads=args.heads, atol=args.atol, card=not args.no_card,
+                          teacher_speed=not args.no_teacher_speed)
+    speed = r["images_per_s"]
+    teacher = f"{speed['teacher']:.1f} images/s" if isinstance(speed["teacher"], float) else f"not measured ({speed['teacher']})"
+    print(f"wrote {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['params'] / 1e6:.2f}M parameters; "
+          f"alpha={r['alpha']:.2f} beta={r['beta']:.2f} built in)")
+    print(f"  parity: max |exported - PyTorch| = {r['max_abs_diff']:.2e} on {r['images_checked']} images")
+    print(f"  speed on this CPU: student {speed['student']:.1f} images/s, teacher {teacher}")
+    if "card" in r:
+        print(f"wrote {r['card']}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import checkpoint_logits, score
 
@@ -279,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", help="an ImageFolder tree to use instead of the run's split")
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", help="directory for the written results")
+
+    p = sub.add_parser("export", help="one ONNX/TorchScript graph: uint8 images -> mixed probabilities; checked, with a model card")
+    p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", required=True, help="the model file to write (e.g. student.onnx); the card goes beside it (.md)")
+    p.add_argument("--heads", action="store_true", help="also output each head's probabilities")
+    p.add_argument("--alpha", type=float, help="override the checkpoint's alpha")
+    p.add_argument("--beta", type=float, help="override the checkpoint's beta")
+    p.add_argument("--images", nargs="+", metavar="PATH", help="images to check parity on (default: the run's --split)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="the run's split to check on (default test)")
+    p.add_argument("--check", type=_positive_int, default=64, help="how many images to check (default 64)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference from PyTorch (default 1e-4)")
+    p.add_argument("--no-card", action="store_true", help="do not write the model card")
+    p.add_argument("--no-teacher-speed", action="store_true", help="do not rebuild the teacher to time it")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="accuracy of each head, the mix and (with --teacher) the teacher")
     checkpoint_args(p, "test")

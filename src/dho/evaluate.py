@@ -80,7 +80,7 @@ def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = 
     return out
 
 
-def _split_for(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None):
+def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None):
     """The manifest and items to evaluate: a folder given by the user, or a split of the run."""
     from .data.splits import SplitManifest, folder_manifest
 
@@ -113,7 +113,7 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
 
     meta = load_metadata(checkpoint)
     student = load_student(checkpoint, device=device)
-    manifest, items = _split_for(checkpoint, meta, split, data)
+    manifest, items = checkpoint_split(checkpoint, meta, split, data)
     teacher = None
     if with_teacher:
         teacher = build_teacher(RunConfig.from_dict(meta["config"]).teacher, meta["classes"]).to(device)

@@ -128,6 +128,13 @@ class Prediction:
     probs: Tensor  # [N, C] mixed probabilities
     labels: list  # class names of ``indices``
 
+    @property
+    def scores(self) -> Tensor:
+        """The mixed probability of each predicted class: [N] (or [N, k] with topk)."""
+        if self.indices.dim() == 1:
+            return self.probs.gather(1, self.indices[:, None])[:, 0]
+        return self.probs.gather(1, self.indices)
+
 
 class DualHeadStudent(nn.Module):
     """Backbone g and heads h_CE, h_KD on the same features z. A single-head student (baselines)

@@ -331,7 +331,8 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
             write_mixing_grid(run_dir / "mixing_grid.csv", val_logits)
         save_checkpoint(student, run_dir / "checkpoint", templates=list(teacher.templates), teacher=teacher.describe(),
                         mixing=mix, config=cfg.to_dict(), split=manifest.info,
-                        metrics={"test": test.get("mixed", test.get("ce_head"))})
+                        metrics={"test": test.get("mixed", test.get("ce_head"))},
+                        scores={"val": results["val"], "test": test})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
     return RunResult(run_dir, results, student)

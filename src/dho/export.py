@@ -1,0 +1,207 @@
+"""Exporting a trained student as one graph: uint8 images in, the heads' mixed probabilities out.
+
+The graph holds the student's normalisation, its backbone, both heads and the mix
+p = alpha * softmax(h_CE) + (1 - alpha) * softmax(h_KD / beta) with alpha and beta as constants,
+so the deployed model gives the tuned prediction with nothing around it. Input: uint8 RGB
+[N, 3, S, S] at the student's input size S (resize and centre-crop first); the batch is dynamic.
+After writing, the exported model is run on the given images and compared with PyTorch; a
+difference above the tolerance removes the file and raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .students import DualHeadStudent
+
+__all__ = ["EXPORT_FORMATS", "ExportResult", "MixedClassifier", "export_checkpoint", "export_student", "images_per_second",
+           "load_exported", "run_exported"]
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+class MixedClassifier(nn.Module):
+    """The deployable student: uint8 images [N, 3, S, S] -> mixed probabilities [N, C]
+    (and, with ``heads=True``, each head's probabilities [N, C] too)."""
+
+    def __init__(self, student: DualHeadStudent, alpha: float | None = None, beta: float | None = None,
+                 heads: bool = False) -> None:
+        super().__init__()
+        self.student = student.eval()
+        self.alpha = float(student.alpha if alpha is None else alpha)
+        self.beta = float(student.beta if beta is None else beta)
+        self.heads = heads
+
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        out = self.student(images)
+        p_ce = out.ce_logits.float().softmax(-1)
+        p_kd = (out.kd_logits.float() / self.beta).softmax(-1)
+        mixed = self.alpha * p_ce + (1.0 - self.alpha) * p_kd
+        return (mixed, p_ce, p_kd) if self.heads else mixed
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float  # exported vs PyTorch on the check images
+    images_checked: int
+    bytes: int
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
+                           "pip install 'dho[export]'") from None
+
+
+def _export_onnx(model: MixedClassifier, example: Tensor, path: Path) -> None:
+    _require_onnx()
+    outputs = ["probs", "ce_probs", "kd_probs"] if model.heads else ["probs"]
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=outputs,
+                                dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    program.save(str(path))
+
+
+def _export_torchscript(model: MixedClassifier, example: Tensor, path: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing is deprecated upstream, and the input size is meant to be fixed
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+    traced.save(str(path))
+
+
+def load_exported(path: str | Path):
+    """A callable: uint8 images [N, 3, S, S] (CPU) -> mixed probabilities [N, C], for a written export."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def run(images: Tensor) -> Tensor:
+        out = module(images)
+        return out[0] if isinstance(out, tuple) else out
+    return run
+
+
+def run_exported(path: str | Path, images: Tensor) -> Tensor:
+    """The exported model's mixed probabilities [N, C] for uint8 images [N, 3, S, S] (CPU)."""
+    return load_exported(path)(images)
+
+
+def images_per_second(fn, images: Tensor, rounds: int = 5) -> float:
+    """Median throughput of ``fn(images)`` over ``rounds`` calls after one warm-up call."""
+    fn(images)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn(images)
+        times.append(time.perf_counter() - start)
+    return len(images) / sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def export_student(student: DualHeadStudent, out: str | Path, fmt: str, check_images: Tensor, *,
+                   alpha: float | None = None, beta: float | None = None, heads: bool = False,
+                   atol: float = 1e-4) -> ExportResult:
+    """Write ``student`` as ``fmt`` to ``out`` and verify it on ``check_images`` (uint8 [N, 3, S, S])."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    size = student.preprocess.size
+    if check_images.dtype != torch.uint8 or tuple(check_images.shape[1:]) != (3, size, size):
+        raise ValueError(f"check images must be uint8 [N, 3, {size}, {size}], got {check_images.dtype} {tuple(check_images.shape)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = MixedClassifier(student.cpu().float(), alpha, beta, heads).eval()
+    example = check_images[: min(2, len(check_images))]
+    started = time.time()
+    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, out)
+    log.info("exported %s in %.1f s", out, time.time() - started)
+    reference = model(check_images)
+    reference = reference[0] if isinstance(reference, tuple) else reference
+    exported = run_exported(out, check_images)
+    diff = float((exported.float() - reference).abs().max())
+    if not diff <= atol:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {atol:g}) on "
+                           f"{len(check_images)} images; {out} removed")
+    return ExportResult(out, fmt, diff, len(check_images), out.stat().st_size)
+
+
+def _check_images(checkpoint: str | Path, meta: dict, size: int, paths: list[str] | None, split: str, count: int) -> Tensor:
+    """uint8 [N, 3, S, S] real images to verify an export on: given files, else the run's split."""
+    from .data import EvalViews, ImageStore
+    from .data.images import decode_image, eval_view
+    from .evaluate import checkpoint_split
+    from .predict import expand_paths
+
+    if paths:
+        files = expand_paths(paths)[:count]
+        return torch.stack([eval_view(decode_image(f), size) for f in files])
+    manifest, items = checkpoint_split(checkpoint, meta, split, None)
+    views = EvalViews(ImageStore(manifest, items[:count], in_memory=False), size)
+    return torch.stack([views[i][0] for i in range(len(views))])
+
+
+def _teacher_speed(meta: dict, images: Tensor) -> tuple[float | str, str]:
+    """The teacher's images/s on these images (rebuilt from the run's config), or why not."""
+    from .config import RunConfig
+    from .teachers import build_teacher
+
+    try:
+        teacher = build_teacher(RunConfig.from_dict(meta["config"]).teacher, meta["classes"])
+    except Exception as err:  # e.g. hub weights that are not on this machine
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:80]}", "-"
+    params = sum(p.numel() for p in teacher.parameters())
+    return images_per_second(teacher, images, rounds=3), f"{params / 1e6:.2f}M"
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, images: list[str] | None = None,
+                      split: str = "test", count: int = 64, alpha: float | None = None, beta: float | None = None,
+                      heads: bool = False, atol: float = 1e-4, card: bool = True, teacher_speed: bool = True) -> dict:
+    """``dho export``: write the student of ``checkpoint`` as one graph, verify it on real images,
+    measure it (and its teacher) on this machine, and write the model card beside it."""
+    from .checkpoint import load_metadata, load_student
+    from .model_card import write_model_card
+
+    meta = load_metadata(checkpoint)
+    student = load_student(checkpoint)
+    size = student.preprocess.size
+    check = _check_images(checkpoint, meta, size, images, split, count)
+    result = export_student(student, out, fmt, check, alpha=alpha, beta=beta, heads=heads, atol=atol)
+    speed = {"student": images_per_second(load_exported(result.path), check)}
+    if teacher_speed:
+        speed["teacher"], speed["teacher_params"] = _teacher_speed(meta, check)
+    else:
+        speed["teacher"] = "skipped"
+    report = {"path": str(result.path), "format": fmt, "bytes": result.bytes, "max_abs_diff": result.max_abs_diff,
+              "images_checked": result.images_checked, "params": sum(p.numel() for p in student.parameters()),
+              "alpha": student.alpha if alpha is None else alpha, "beta": student.beta if beta is None else beta,
+              "images_per_s": speed}
+    if card:
+        import platform
+
+        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        report["card"] = str(write_model_card(result.path.with_suffix(".md"), checkpoint, meta, result,
+                                              alpha=report["alpha"], beta=report["beta"], heads=heads, atol=atol,
+                                              params=report["params"], speed=speed, machine=machine))
+    return report
