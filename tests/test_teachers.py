@@ -105,3 +105,25 @@ def test_fold_batchnorm_keeps_outputs():
         after = model(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+
+def test_cpu_chunked_forward_matches_whole_batch(rn50_teacher, monkeypatch):
+    """On the CPU a teacher runs its rows in chunks; the outputs stay those of one whole-batch
+    forward, rows in order."""
+    from dho.chunking import cpu_chunk_rows
+
+    assert cpu_chunk_rows("cpu", 224) == 4 and cpu_chunk_rows("cpu", 64) == 32 and cpu_chunk_rows("cuda", 224) == 0
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (11, 3, 224, 224), dtype=torch.uint8)
+    calls = []
+    hook = rn50_teacher.model.visual.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        chunked = rn50_teacher(images)
+        monkeypatch.setattr(rn50_teacher, "cpu_chunks", False)
+        whole = rn50_teacher(images)
+    finally:
+        hook.remove()
+    assert calls == [4, 4, 3, 11]
+    torch.testing.assert_close(chunked.features, whole.features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked.logits, whole.logits, rtol=0, atol=1e-3)

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .chunking import cpu_chunk_rows
 from .mixing import mix_probs
 from .students import DualHeadStudent
 from .teachers import Teacher
@@ -41,9 +42,10 @@ def collect_logits(views: Dataset, student: DualHeadStudent | None = None, teach
         images = images.to(device, non_blocking=True)
         labels.append(y)
         if student is not None:
-            out = student(images)
-            ce.append(out.ce_logits.float().cpu())
-            kd.append(out.kd_logits.float().cpu())
+            for chunk in images.split(cpu_chunk_rows(images.device, student.preprocess.size) or len(images)):
+                out = student(chunk)
+                ce.append(out.ce_logits.float().cpu())
+                kd.append(out.kd_logits.float().cpu())
         if teacher is not None:
             tl.append(teacher(images).logits.float().cpu())
     if student is not None:

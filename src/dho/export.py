@@ -72,9 +72,17 @@ def _export_onnx(model: MixedClassifier, example: Tensor, path: Path) -> None:
     _require_onnx()
     outputs = ["probs", "ce_probs", "kd_probs"] if model.heads else ["probs"]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=outputs,
-                                dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-    program.save(str(path))
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]  # one INFO line per graph rewrite
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.WARNING)
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=outputs,
+                                    dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        program.save(str(path))
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def _export_torchscript(model: MixedClassifier, example: Tensor, path: Path) -> None:
@@ -200,7 +208,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, imag
     if card:
         import platform
 
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        threads = torch.get_num_threads()
+        machine = f"{platform.machine()} CPU, {threads} torch thread{'s' if threads > 1 else ''}"
         report["card"] = str(write_model_card(result.path.with_suffix(".md"), checkpoint, meta, result,
                                               alpha=report["alpha"], beta=report["beta"], heads=heads, atol=atol,
                                               params=report["params"], speed=speed, machine=machine))

@@ -189,7 +189,7 @@ class ImageNetBridgeTeacher(Teacher):
         return torch.log(self.bridge_probs(features * self.feature_norm) + _LOG_EPS)
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> TeacherOutput:
+    def forward_rows(self, images: Tensor) -> TeacherOutput:
         """uint8/[0,1] images [B, 3, H, W] -> normalised features [B, D] and exact logits [B, C]."""
         pooled = self.encode_image(self.preprocess(images)).float()
         logits = torch.log(self.bridge_probs(pooled) + _LOG_EPS)
