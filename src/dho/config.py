@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,18 +38,28 @@ class ConfigError(ValueError):
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
+        hint = _did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{hint}")
 
 
-def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+def _check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_range(key: str, value: float, lo: float, hi: float, closed_hi: bool = False) -> None:
+    if not (lo <= value <= hi if closed_hi else lo <= value < hi):
+        raise ConfigError(f"{key}={value!r} must be in [{lo:g}, {hi:g}{']' if closed_hi else ')'}")
+
+
+DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
 TEACHER_KINDS = ("openclip", "imagenet-bridge", "synthetic")
 HEAD_KINDS = ("linear", "cosine", "mlp")
 METHODS = ("dho", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad")
 ADAPTERS = ("none", "tip", "tip-f")
+SMALL_CLASS_POLICIES = ("error", "drop", "take_all")
 SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
 
 
@@ -77,7 +89,11 @@ class TeacherConfig:
         _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
         _check_choice("teacher.adapter", self.adapter, ADAPTERS)
         _check_positive("teacher.adapter_views", self.adapter_views)
+        _check_positive("teacher.adapter_epochs", self.adapter_epochs)
         _check_positive("teacher.zeta", self.zeta)
+        _check_positive("teacher.image_size", self.image_size)
+        _check_positive("teacher.bridge_tau", self.bridge_tau)
+        _check_positive("teacher.embed_dim", self.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class StudentConfig:
         _check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
         _check_positive("student.image_size", self.image_size)
         _check_positive("student.zeta", self.zeta)
+        _check_range("student.mlp_dropout", self.mlp_dropout, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -121,8 +138,15 @@ class DataConfig:
     num_views: int | None = None  # distinct augmented views per image (pass p replays view p % n); None = new each pass
     num_workers: int = 0
     device_crops: bool | None = None  # crop in-memory images on the training device; None = on a GPU
+    skip_bad: bool = False  # audit every image first (`dho data check`) and train without the bad ones
+    small_classes: Literal["error", "drop", "take_all"] = "error"  # a class with fewer training images than shots
+    duplicates: Literal["warn", "error", "off"] = "warn"  # the same file content in two splits
 
     def __post_init__(self) -> None:
+        _check_choice("data.small_classes", self.small_classes, SMALL_CLASS_POLICIES)
+        _check_choice("data.duplicates", self.duplicates, ("warn", "error", "off"))
+        _check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        _check_positive("data.max_unlabeled", self.max_unlabeled, allow_zero=True)
         if self.shots is None and self.fraction is None:
             raise ConfigError("data.shots and data.fraction are both null: set one of them")
         if self.shots is not None:
@@ -156,6 +180,7 @@ class LossConfig:
         _check_positive("loss.temperature", self.temperature)
         _check_positive("loss.ce_weight", self.ce_weight, allow_zero=True)
         _check_positive("loss.kd_weight", self.kd_weight, allow_zero=True)
+        _check_positive("loss.feature_weight", self.feature_weight, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -180,6 +205,11 @@ class OptimConfig:
         _check_positive("optim.epochs", self.epochs)
         _check_positive("optim.batch_size", self.batch_size)
         _check_positive("optim.lr", self.lr)
+        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_positive("optim.max_steps", self.max_steps)
+        for i, beta in enumerate(self.betas):
+            _check_range(f"optim.betas[{i}]", beta, 0, 1)
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"optim.warmup_fraction={self.warmup_fraction!r} must be in [0, 1)")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -200,6 +230,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_positive("eval.conflict_every", self.conflict_every, allow_zero=True)
+        _check_positive("eval.batch_size", self.batch_size)
+        _check_positive("eval.eval_every", self.eval_every, allow_zero=True)
         _check_choice("eval.keep", self.keep, ("last", "best"))
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"eval.alpha={self.alpha!r} must be in [0, 1]")
@@ -222,10 +254,15 @@ class RunConfig:
     channels_last: bool = True  # NHWC memory layout for convolutional students
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs
     compile: bool = False  # torch.compile the student's backbone
+    checkpoint_every: int = 500  # steps between resumable training states (state/last); 0 = only at the end
     out: str = "runs/dho"
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_positive("threads", self.threads)
+        _check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -262,8 +299,17 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if depth == len(parts) - 1:
             if isinstance(node[part], dict):
                 raise ConfigError(f"config key {key!r} is a section; set one of its fields")
-            node[part] = _parse_scalar(value) if isinstance(value, str) else value
+            node[part] = _Text(value) if isinstance(value, str) else value
         node = node[part]
+
+
+class _Text(str):
+    """An override's text as given: a string field takes it verbatim ('teacher.model=1e5' stays
+    '1e5'); any other field parses it as a YAML scalar first."""
+
+
+def _takes_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -298,6 +344,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Coerce a YAML/CLI value to the annotated field type, or raise a one-line ConfigError."""
+    if isinstance(value, _Text):
+        text = str(value)
+        if not _takes_text(tp):
+            return _coerce(tp, _parse_scalar(text), key)
+        if text.strip() in ("null", "~") and type(None) in typing.get_args(tp):
+            return None
+        return text
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, prefix=f"{key}.")
     origin = typing.get_origin(tp)
@@ -330,14 +383,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}={value!r} must be an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # YAML 1.1 reads '3e-4' as a string
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(f"{key}={value!r} must be a number")
+        if number is None:
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
