@@ -1,6 +1,9 @@
+import dataclasses
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dho.data import SplitManifest, make_splits, make_synthetic_folder
 
@@ -61,3 +64,81 @@ def test_manifest_json_round_trip(synth_root, tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_splits(tmp_path / "nothing")
+
+
+def _tree(root, counts, test=2):
+    """train/<c>/ with counts[c] files and test/<c>/ with ``test`` each (names only: splits never decode)."""
+    for split, per in (("train", counts), ("test", dict.fromkeys(counts, test))):
+        for c, n in per.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (root / split / c / f"{i:03d}.png").write_bytes(f"{split}{c}{i}".encode())
+    return root
+
+
+def test_small_and_empty_classes_follow_the_chosen_policy(tmp_path):
+    root = _tree(tmp_path, {"a": 10, "b": 2, "c": 0})
+    with pytest.raises(ValueError, match=r"class 'b' has 2 training images, fewer than shots=3 \(so do 'c'\); set data.small"):
+        make_splits(root, shots=3, val_fraction=0)
+    dropped = make_splits(root, shots=3, val_fraction=0, small_classes="drop")
+    assert dropped.classes == ["a"] and dropped.info["dropped_classes"] == ["b", "c"]
+    assert {y for _, y in dropped.labeled + dropped.test} == {0} and len(dropped.test) == 2
+    taken = make_splits(root, shots=3, val_fraction=0, small_classes="take_all")
+    assert [sum(y == k for _, y in taken.labeled) for k in range(3)] == [3, 2, 0]
+
+
+def test_excluded_files_never_enter_a_split(tmp_path):
+    root = _tree(tmp_path, {"a": 6, "b": 6})
+    m = make_splits(root, shots=2, exclude=["train/a/000.png", "test/b/001.png"])
+    paths = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in m.split(key)}
+    assert "train/a/000.png" not in paths and "test/b/001.png" not in paths and len(paths) == 6 + 6 + 4 - 2
+
+
+def test_overlaps_by_path_and_content_are_found(tmp_path, caplog):
+    from dho.data.duplicates import check_overlaps
+
+    root = _tree(tmp_path, {"a": 6, "b": 6})
+    (root / "train" / "b" / "005.png").write_bytes((root / "test" / "a" / "000.png").read_bytes())
+    m = make_splits(root, shots=2, val_fraction=0)
+    with pytest.raises(ValueError, match=r"^1 image\(s\) appear in two splits, e.g. .* has the same content as ") as info:
+        check_overlaps(m, "error")
+    assert "train/b/005.png" in str(info.value) and "test/a/000.png" in str(info.value)
+    m.unlabeled.append(m.test[0])  # the very same file in two splits
+    assert any("is the same file" in x for x in check_overlaps(m, "warn")) and "appear in two splits" in caplog.text
+    assert check_overlaps(m, "off") == []
+
+
+def test_manifest_load_checks_classes_and_labels(synth_root, tmp_path):
+    m = make_splits(synth_root, shots=2)
+    data = json.loads(json.dumps(dataclasses.asdict(m)))
+    data["labeled"][0][1] = 9
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="not an index into its 4 classes"):
+        SplitManifest.load(tmp_path / "bad.json")
+    (tmp_path / "cut.json").write_text(json.dumps(data)[:100])
+    with pytest.raises(ValueError, match="not a valid split manifest"):
+        SplitManifest.load(tmp_path / "cut.json")
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=4), shots=st.integers(1, 4), seed=st.integers(0, 3),
+       val_fraction=st.sampled_from([0.0, 0.2, 0.5]), policy=st.sampled_from(["error", "drop", "take_all"]))
+def test_split_properties(tmp_path_factory, counts, shots, seed, val_fraction, policy):
+    root = _tree(tmp_path_factory.mktemp("tree"), {f"c{i}": n for i, n in enumerate(counts)}, test=1)
+    kw = {"shots": shots, "seed": seed, "val_fraction": val_fraction, "small_classes": policy}
+    try:
+        m = make_splits(root, **kw)
+    except ValueError as err:
+        assert policy in ("error", "drop") and ("fewer than shots" in str(err) or "no training images" in str(err))
+        return
+    assert m == make_splits(root, **kw)  # deterministic
+    groups = [{p for p, _ in m.split(k)} for k in ("labeled", "unlabeled", "val", "test")]
+    assert sum(map(len, groups)) == len(set().union(*groups))  # disjoint
+    kept = m.classes
+    assert groups[0] | groups[1] | groups[2] == {f"train/{c}/{i:03d}.png" for c in kept for i in range(counts[int(c[1:])])}
+    for label, c in enumerate(kept):
+        labeled = sum(y == label for _, y in m.labeled)
+        pool = labeled + sum(y == label for _, y in m.unlabeled)
+        assert labeled == (min(shots, pool) if policy == "take_all" else shots)
+    for path, y in m.labeled + m.unlabeled + m.val + m.test:
+        assert path.split("/")[1] == kept[y]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -82,3 +83,20 @@ def test_cache_saves_into_a_store_and_replays_at_its_precision(tmp_path, tiny_cf
     assert torch.equal(replay.features, torch.stack([cd.features[1], ab.features[0]]).half().float())
     with pytest.raises(ValueError, match="save it there"):
         cache.save(tmp_path / "elsewhere")
+
+
+def test_a_store_answers_only_for_its_classes_and_prompts(tmp_path, tiny_cfg):
+    from dho.data.splits import splits_for
+
+    classes = splits_for(tiny_cfg.data).classes
+    teacher = build_teacher(tiny_cfg.teacher, classes)
+    cache = TeacherCache(teacher)
+    cache.outputs(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), ["a", "b"])
+    cache.save(tmp_path / "s")
+    assert TeacherStore(tmp_path / "s").meta["classes"] == classes
+    reordered = build_teacher(tiny_cfg.teacher, classes[::-1])
+    with pytest.raises(ValueError, match="other classes"):
+        TeacherCache.load(reordered, tmp_path / "s")
+    prompts = build_teacher(dataclasses.replace(tiny_cfg.teacher, templates="a {}.|the {}."), classes)
+    with pytest.raises(ValueError, match="other prompt templates"):
+        TeacherCache.load(prompts, tmp_path / "s")

@@ -119,6 +119,8 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
     teacher = None
     if with_teacher:
         teacher = build_teacher(RunConfig.from_dict(meta["config"]).teacher, meta["classes"]).to(device)
+        if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
+            raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
     views = EvalViews(ImageStore(manifest, items, in_memory=False), student.preprocess.size)
     logits = collect_logits(views, student, teacher, batch_size=batch_size, device=device, progress=progress, desc=split)
     return logits, meta, student

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .decode import BadImage
 from .images import apply_crop, crop_params, decode_image, eval_view
 from .splits import Item, SplitManifest
 
@@ -26,7 +27,14 @@ class ImageStore:
         self.labels = torch.tensor([y for _, y in self.items], dtype=torch.long)
         self._images: list[Tensor] | None = None
         if in_memory:
-            self._images = [decode_image(manifest.path(p)) for p, _ in tqdm(self.items, desc=desc, disable=not progress, leave=False)]
+            self._images = [self._decode(p) for p, _ in tqdm(self.items, desc=desc, disable=not progress, leave=False)]
+
+    def _decode(self, rel: str) -> Tensor:
+        try:
+            return decode_image(self.manifest.path(rel))
+        except BadImage as err:
+            raise BadImage(err.kind, f"{err}; list every bad file with `dho data check {self.manifest.root}`, "
+                                     "or train with --skip-bad (data.skip_bad=true)") from None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -41,7 +49,7 @@ class ImageStore:
     def image(self, index: int) -> Tensor:
         if self._images is not None:
             return self._images[index]
-        return decode_image(self.manifest.path(self.items[index][0]))
+        return self._decode(self.items[index][0])
 
     def sample_id(self, index: int) -> str:
         return self.items[index][0]

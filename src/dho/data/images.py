@@ -1,4 +1,5 @@
-"""Image decoding, the evaluation transform, and exactly replayable training crops.
+"""Image decoding (by the policy of :mod:`dho.data.decode`), the evaluation transform, and
+exactly replayable training crops.
 
 Every training crop and flip is a pure function of hash(seed, sample id, pass), so the same
 view can be regenerated at any time (teacher caching, resume) regardless of worker layout.
@@ -12,11 +13,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
+
+from . import decode
 
 __all__ = ["IMAGE_EXTENSIONS", "CropParams", "apply_crop", "crop_params", "decode_image", "eval_view", "to_uint8_tensor"]
 
@@ -24,14 +26,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def to_uint8_tensor(image: Image.Image) -> Tensor:
-    """PIL image -> uint8 [3, H, W] (RGB)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    """PIL image -> uint8 [3, H, W] (RGB), converted by the decode policy (EXIF, alpha on white, ...)."""
+    array, _ = decode.to_rgb(image)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def decode_image(path: str | Path) -> Tensor:
-    with Image.open(path) as image:
-        return to_uint8_tensor(image)
+    """An image file -> uint8 [3, H, W]; a file that cannot be decoded raises :class:`BadImage`."""
+    array, _ = decode.open_rgb(path)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def eval_view(image: Tensor, size: int) -> Tensor:

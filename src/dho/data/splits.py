@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ __all__ = ["SplitManifest", "folder_manifest", "make_splits", "splits_for"]
 log = logging.getLogger(__name__)
 
 Item = tuple[str, int]  # (path relative to the dataset root, class index)
+SPLITS = ("labeled", "unlabeled", "val", "test")
 
 
 @dataclass
@@ -33,7 +35,7 @@ class SplitManifest:
         return Path(self.root).expanduser() / rel
 
     def split(self, name: str) -> list[Item]:
-        if name not in ("labeled", "unlabeled", "val", "test"):
+        if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; choose labeled, unlabeled, val or test")
         return getattr(self, name)
 
@@ -42,10 +44,29 @@ class SplitManifest:
 
     @classmethod
     def load(cls, path: str | Path) -> SplitManifest:
-        data = json.loads(Path(path).read_text())
-        for key in ("labeled", "unlabeled", "val", "test"):
-            data[key] = [(str(p), int(y)) for p, y in data[key]]
-        return cls(**data)
+        """Read a manifest and check it: unique class names, every label a valid class index."""
+        try:
+            data = json.loads(Path(path).read_text())
+            for key in SPLITS:
+                data[key] = [(str(p), int(y)) for p, y in data[key]]
+            manifest = cls(**data)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a valid split manifest ({type(err).__name__}: {err})") from None
+        if len(set(manifest.classes)) != len(manifest.classes):
+            raise ValueError(f"{path}: the class list repeats a name")
+        for key in SPLITS:
+            if any(not 0 <= y < len(manifest.classes) for _, y in manifest.split(key)):
+                raise ValueError(f"{path}: a {key} label is not an index into its {len(manifest.classes)} classes")
+        return manifest
+
+    def differences(self, other: SplitManifest) -> list[str]:
+        """What differs from ``other`` in classes and split membership (the root may move)."""
+        out = [] if self.classes == other.classes else ["the class list or its order"]
+        for key in SPLITS:
+            a, b = set(self.split(key)), set(other.split(key))
+            if a != b:
+                out.append(f"{key}: {len(a - b)} images added, {len(b - a)} gone")
+        return out
 
     def summary(self) -> str:
         return (f"{len(self.classes)} classes: {len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, "
@@ -68,9 +89,37 @@ def _carve(files: dict[str, list[Path]], fraction: float, seed: int, tag: str) -
     return kept, carved
 
 
+def _small_classes(pool: dict[str, list[Path]], shots: int | None, fraction: float | None, policy: str,
+                   where: Path) -> list[str]:
+    """Classes with fewer training images than the labeled count; an error unless ``policy`` says
+    what to do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have."""
+    small = []
+    for name, paths in pool.items():
+        k = shots if shots is not None else max(1, round(len(paths) * float(fraction)))
+        if len(paths) < k:
+            small.append((name, len(paths), k))
+    if not small:
+        return []
+    (name, n, k), rest = small[0], [repr(c) for c, _, _ in small[1:]]
+    first = f"class {name!r} has no training images in {where}" if n == 0 else \
+        f"class {name!r} has {n} training images, fewer than shots={k}"
+    more = f" (so do {', '.join(rest[:5])}{', ...' if len(rest) > 5 else ''})" if rest else ""
+    if policy == "error":
+        raise ValueError(f"{first}{more}; set data.small_classes=drop or take_all to train anyway")
+    if policy == "drop" and len(small) == len(pool):
+        raise ValueError(f"no class would be left: {first}{more}")
+    if policy == "take_all":
+        log.warning("%s%s: labeling all of them (data.small_classes=take_all)", first, more)
+        return []
+    log.warning("%s%s: leaving %s out of the task (data.small_classes=drop)", first, more,
+                "it" if not rest else f"these {len(small)} classes")
+    return [c for c, _, _ in small]
+
+
 def make_splits(
     root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
     val_fraction: float = 0.1, test_fraction: float = 0.2, max_unlabeled: int | None = None,
+    small_classes: str = "error", exclude: Collection[str] = (),
 ) -> SplitManifest:
     """Split an ImageFolder tree.
 
@@ -79,35 +128,45 @@ def make_splits(
     from the training images (``val_fraction``) before the labeled subset is drawn, so selection
     never sees test images. Labeled = ``shots`` per class (or ``fraction`` of each class),
     unlabeled = the rest of the training pool, or a class-balanced random ``max_unlabeled`` of it.
+    A class with fewer training images than that is an error unless ``small_classes`` is ``drop``
+    (the class leaves the task) or ``take_all`` (all its images are labeled). ``exclude`` lists
+    files (relative to ``root``) to leave out, e.g. undecodable ones.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
     train_dir = root / "train" if (root / "train").is_dir() else root
     classes = list_classes(train_dir)
-    pool = scan_folder(train_dir, classes)
+    skip = {Path(root, p).resolve() for p in exclude}
+
+    def scan(folder: Path) -> dict[str, list[Path]]:
+        found = scan_folder(folder, classes)
+        return {c: [p for p in paths if p.resolve() not in skip] for c, paths in found.items()} if skip else found
+
+    pool = scan(train_dir)
     info: dict = {"seed": seed, "shots": shots, "fraction": fraction}
 
     if (root / "test").is_dir() and train_dir != root:
-        test, info["test_source"] = scan_folder(root / "test", classes), "test/"
+        test, info["test_source"] = scan(root / "test"), "test/"
     else:
         pool, test = _carve(pool, test_fraction, seed, "test")
         info["test_source"] = f"carved {test_fraction:g} per class from {train_dir.name}/"
     if (root / "val").is_dir() and train_dir != root:
-        val, info["val_source"] = scan_folder(root / "val", classes), "val/"
+        val, info["val_source"] = scan(root / "val"), "val/"
     elif val_fraction > 0:
         pool, val = _carve(pool, val_fraction, seed, "val")
         info["val_source"] = f"carved {val_fraction:g} per class from {train_dir.name}/"
     else:
         val, info["val_source"] = {c: [] for c in classes}, "none"
 
+    dropped = _small_classes(pool, shots, fraction, small_classes, train_dir)
+    if dropped:
+        classes = [c for c in classes if c not in dropped]
+        pool, val, test = ({c: files[c] for c in classes} for files in (pool, val, test))
+        info["dropped_classes"] = dropped
     labeled, unlabeled = {}, {}
     for name, paths in pool.items():
-        if not paths:
-            raise ValueError(f"class {name!r} has no training images in {train_dir}")
-        k = shots if shots is not None else max(1, round(len(paths) * float(fraction)))
-        if k > len(paths):
-            raise ValueError(f"class {name!r} has {len(paths)} training images, fewer than shots={k}")
+        k = min(len(paths), shots if shots is not None else max(1, round(len(paths) * float(fraction))))
         order = _shuffled(paths, seed, f"shots|{name}")
         labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
     if max_unlabeled is not None:
@@ -136,7 +195,21 @@ def folder_manifest(root: str | Path, classes: list[str]) -> SplitManifest:
 
 
 def splits_for(data) -> SplitManifest:
-    """The splits a :class:`dho.config.DataConfig` describes."""
-    return make_splits(data.root, shots=data.shots, fraction=data.fraction, seed=data.split_seed,
-                       val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                       max_unlabeled=data.max_unlabeled)
+    """The splits a :class:`dho.config.DataConfig` describes. With ``skip_bad`` every image is
+    checked first (:func:`dho.data.audit.bad_files`) and the undecodable ones are left out; the
+    manifest's ``info["bad_files"]`` lists them."""
+    bad = []
+    if data.skip_bad:
+        from .audit import bad_files
+
+        bad = bad_files(data.root)
+        if bad:
+            log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
+                        len(bad), bad[0]["path"], bad[0]["error"])
+    manifest = make_splits(data.root, shots=data.shots, fraction=data.fraction, seed=data.split_seed,
+                           val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                           max_unlabeled=data.max_unlabeled, small_classes=data.small_classes,
+                           exclude=[b["path"] for b in bad])
+    if bad:
+        manifest.info["bad_files"] = bad
+    return manifest

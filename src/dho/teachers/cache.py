@@ -92,9 +92,9 @@ class TeacherCache:
             target = TeacherStore(path)
         else:
             num_classes, feature_dim = self.teacher.class_embeddings.shape
-            target = TeacherStore.create(path, teacher_id, feature_dim, num_classes, dtype=dtype, topk=topk, info=info)
-        if target.teacher_id != teacher_id:
-            raise ValueError(f"{path} holds outputs of teacher {target.teacher_id!r}, not {teacher_id!r}")
+            target = TeacherStore.create(path, teacher_id, feature_dim, num_classes, dtype=dtype, topk=topk, info=info,
+                                         classes=self.teacher.classnames, templates=self.teacher.templates)
+        _check_same_teacher(target, self.teacher)
         if self._rows:
             keys = list(self._rows)
             target.append(keys, TeacherOutput(torch.stack([self._rows[k][0] for k in keys]),
@@ -106,7 +106,20 @@ class TeacherCache:
     def load(cls, teacher: Teacher, path: str | Path) -> TeacherCache:
         """A cache over the store at ``path``, written for the same teacher (checked by its id)."""
         store = TeacherStore(path)
-        teacher_id = getattr(teacher, "id", "teacher")
-        if store.teacher_id != teacher_id:
-            raise ValueError(f"{path} holds outputs of teacher {store.teacher_id!r}, not {teacher_id!r}")
+        _check_same_teacher(store, teacher)
         return cls(teacher, store=store)
+
+
+def _check_same_teacher(store: TeacherStore, teacher: Teacher) -> None:
+    """Same teacher id, and (for stores that record them) the same classes in the same order and
+    the same prompt templates: otherwise the stored logits answer another question."""
+    teacher_id = getattr(teacher, "id", "teacher")
+    if store.teacher_id != teacher_id:
+        raise ValueError(f"{store.path} holds outputs of teacher {store.teacher_id!r}, not {teacher_id!r}")
+    classes, templates = store.meta.get("classes"), store.meta.get("templates")
+    if classes is not None and classes != list(teacher.classnames):
+        raise ValueError(f"{store.path} holds logits for other classes (or another class order) than this run's")
+    if templates is not None and templates != list(teacher.templates):
+        raise ValueError(f"{store.path} was computed with other prompt templates than teacher.templates of this run")
+    if store.meta["num_classes"] != len(teacher.classnames):
+        raise ValueError(f"{store.path} holds logits for {store.meta['num_classes']} classes, not {len(teacher.classnames)}")

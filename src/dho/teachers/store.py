@@ -56,14 +56,16 @@ class TeacherStore:
         for s, shard in enumerate(self.meta["shards"]):
             keys = (self.path / f"keys-{shard['name']}.txt").read_text().split("\n")[: shard["rows"]]
             self.index.update((k, (s, r)) for r, k in enumerate(keys))
-            self._arrays.append({kind: np.load(self.path / f"{kind}-{shard['name']}.npy", mmap_mode="r")
+            self._arrays.append({kind: np.load(self.path / f"{kind}-{shard['name']}.npy", mmap_mode="r", allow_pickle=False)
                                  for kind in self._kinds()})
 
     # -- creation -----------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, teacher_id: str, feature_dim: int, num_classes: int, *,
-               dtype: str = "float16", topk: int | None = None, info: dict | None = None) -> TeacherStore:
-        """An empty store (the directory must not hold one already)."""
+               dtype: str = "float16", topk: int | None = None, info: dict | None = None,
+               classes: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> TeacherStore:
+        """An empty store (the directory must not hold one already). ``classes`` and ``templates``
+        (the teacher's prompts) are recorded so that a reader can check it asks the same question."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if topk is not None and not 0 < topk <= num_classes:
@@ -73,7 +75,9 @@ class TeacherStore:
             raise FileExistsError(f"{path} already holds a teacher store")
         path.mkdir(parents=True, exist_ok=True)
         _atomic_json(path / "meta.json", {"format": 1, "teacher": teacher_id, "dtype": dtype, "feature_dim": feature_dim,
-                                          "num_classes": num_classes, "topk": topk, "shards": [], "info": info or {}})
+                                          "num_classes": num_classes, "topk": topk, "shards": [], "info": info or {},
+                                          "classes": list(classes) if classes is not None else None,
+                                          "templates": list(templates) if templates is not None else None})
         return cls(path)
 
     def _kinds(self) -> tuple[str, ...]:
@@ -114,7 +118,8 @@ class TeacherStore:
         self.meta = meta
         s = len(self._arrays)
         self.index.update((keys[j], (s, r)) for r, j in enumerate(fresh))
-        self._arrays.append({kind: np.load(self.path / f"{kind}-{name}.npy", mmap_mode="r") for kind in self._kinds()})
+        self._arrays.append({kind: np.load(self.path / f"{kind}-{name}.npy", mmap_mode="r", allow_pickle=False)
+                             for kind in self._kinds()})
         return len(fresh)
 
     # -- reading ------------------------------------------------------------------------------

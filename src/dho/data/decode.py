@@ -1,0 +1,145 @@
+"""How an image file becomes RGB pixels: one stated policy, and a record of what it had to convert.
+
+The policy (every image dho reads goes through :func:`decode_bytes`):
+
+- A file that is empty, that Pillow cannot identify, that is truncated, or that fails to decode in
+  full is *bad*: it is reported and never half-decoded (truncated files are not padded with grey).
+- The EXIF orientation tag is applied, so the pixels stand the way image viewers show them.
+- Animated or multi-page files: the first frame.
+- Transparency (RGBA, LA, PA, or a palette, grey or RGB image with a transparent colour) is
+  composited onto white, then dropped. White because transparent images (logos, product shots,
+  icons) are drawn for white pages; on black, dark foregrounds would vanish.
+- 16-bit and 32-bit integer images are scaled to 8 bits (value / 257, so 65535 -> 255, values
+  outside [0, 65535] clipped); 32-bit float images are clipped to [0, 255].
+- CMYK, YCbCr, LAB and HSV images: Pillow's conversion to RGB (embedded ICC profiles are ignored).
+- Grayscale and 1-bit images: the one channel repeated three times.
+
+Run as a script (``python -I decode.py``) this module is the audit's worker: it reads one
+JSON-encoded path per line on stdin and answers one JSON line per file on stdout. It imports only
+Pillow and NumPy, so a worker starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["BadImage", "content_digest", "decode_bytes", "inspect_file", "open_rgb", "to_rgb"]
+
+ORIENTATION = 0x0112  # EXIF tag
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class BadImage(ValueError):
+    """A file that cannot be decoded by the policy; ``kind`` is empty, truncated, undecodable, ..."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple:  # DataLoader workers and process pools pickle errors
+        return type(self), (self.kind, str(self))
+
+
+def content_digest(data: bytes) -> str:
+    """The hash that identifies a file's content (duplicates across splits)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def to_rgb(image: Image.Image) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """A decoded PIL image -> uint8 [H, W, 3] by the policy above, and (kind, text) notes."""
+    notes: list[tuple[str, str]] = []
+    return _convert(image, notes), notes
+
+
+def _convert(image: Image.Image, notes: list[tuple[str, str]]) -> np.ndarray:
+    orientation = image.getexif().get(ORIENTATION, 1)
+    if orientation in range(2, 9):
+        image = ImageOps.exif_transpose(image)
+        notes.append(("exif_rotation", f"EXIF orientation {orientation} applied"))
+    mode = image.mode
+    if mode in HIGH_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        gray = np.round(values / 257).astype(np.uint8)
+        notes.append(("high_bit_depth", f"{mode} scaled to 8 bits"))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        notes.append(("high_bit_depth", "32-bit float clipped to [0, 255]"))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ALPHA_MODES or "transparency" in image.info:
+        kind = "palette_transparency" if mode in ("P", "PA") else "alpha"
+        notes.append((kind, f"{mode} with transparency composited on white"))
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    elif mode in ("L", "1"):
+        notes.append(("grayscale", f"grayscale ({mode}) repeated to RGB"))
+    elif mode == "CMYK":
+        notes.append(("cmyk", "CMYK converted to RGB (no ICC profile)"))
+    elif mode not in ("RGB", "P"):
+        notes.append(("other_mode", f"mode {mode} converted to RGB"))
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_bytes(data: bytes, name: str = "image") -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """uint8 [H, W, 3] pixels by the policy above, and (kind, text) notes on what was converted."""
+    if not data:
+        raise BadImage("empty", f"{name}: empty file (0 bytes)")
+    notes: list[tuple[str, str]] = []
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            frames = getattr(image, "n_frames", 1)
+            image.load()
+            if frames > 1:
+                notes.append(("multi_frame", f"first of {frames} frames"))
+            return _convert(image, notes), notes
+    except UnidentifiedImageError:
+        raise BadImage("undecodable", f"{name}: not an image format Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise BadImage("too_large", f"{name}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, EOFError, struct.error, zlib.error, ...
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        kind = "truncated" if "truncat" in text.lower() or isinstance(err, EOFError) else "undecodable"
+        raise BadImage(kind, f"{name}: {kind} ({text})") from None
+
+
+def open_rgb(path: str | Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """:func:`decode_bytes` of a file; an unreadable file is a BadImage too."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise BadImage("unreadable", f"{path}: cannot read ({err.strerror or err})") from None
+    return decode_bytes(data, str(path))
+
+
+def inspect_file(path: str) -> dict:
+    """One file's report: ok, the reason when bad, notes, size, mode and content hash."""
+    record: dict = {"path": path}
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return {**record, "ok": False, "kind": "unreadable", "error": f"cannot read ({err.strerror or err})"}
+    record["hash"] = content_digest(data)
+    try:
+        pixels, notes = decode_bytes(data, Path(path).name)
+    except BadImage as err:
+        return {**record, "ok": False, "kind": err.kind, "error": str(err)}
+    return {**record, "ok": True, "notes": notes, "size": [pixels.shape[1], pixels.shape[0]]}
+
+
+def _serve() -> None:
+    for line in sys.stdin:
+        sys.stdout.write(json.dumps(inspect_file(json.loads(line))) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()
