@@ -40,3 +40,33 @@ def test_update_mixing_and_class_cross_check(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint metadata"):
         load_student(tmp_path)
+
+
+def test_damaged_or_swapped_weights_are_refused(tmp_path):
+    from dho.atomic import DamagedCheckpoint
+
+    student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["x", "y"])
+    save_checkpoint(student, tmp_path / "a")
+    weights = tmp_path / "a" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(DamagedCheckpoint, match="does not match its metadata"):
+        load_student(tmp_path / "a")
+    (tmp_path / "a" / "model.json").write_text('{"format": "dho-stu')
+    with pytest.raises(DamagedCheckpoint, match="not valid JSON"):
+        load_student(tmp_path / "a")
+    assert not list((tmp_path / "a").glob(".*"))  # no temporary files left
+
+
+def test_no_loader_executes_code():
+    """Every torch.load asks for weights only; nothing unpickles or evaluates YAML tags."""
+    import pathlib
+    import re
+
+    src = pathlib.Path(__file__).parents[1] / "src" / "dho"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+        for call in re.findall(r"np\.load\([^)]*\)", text):
+            assert "allow_pickle=False" in call, (path, call)
+        assert not re.search(r"import pickle|pickle\.loads?\(|Unpickler|yaml\.load\(|yaml\.unsafe_load|yaml\.Loader\b", text), path

@@ -65,3 +65,23 @@ def test_bad_arguments_exit_with_usage(capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict", "ckpt", "a.png", "--topk", "0"])
     assert info.value.code == 2
+
+
+def test_disk_full_and_out_of_memory_are_one_line(capsys, monkeypatch):
+    import errno
+
+    import dho.cli
+
+    for err, expected in [
+        (OSError(errno.ENOSPC, "No space left on device", "runs/x/state/last/tensors.safetensors"),
+         "dho: error: no space left on the device writing runs/x/state/last/tensors.safetensors; free some space"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details"), "dho: error: out of memory (CUDA out of memory."),
+        (MemoryError(), "dho: error: out of memory (MemoryError); lower optim.batch_size"),
+    ]:
+        def fail(args, err=err):
+            raise err
+
+        monkeypatch.setattr(dho.cli, "cmd_synth", fail)
+        assert main(["synth", "--out", "x"]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -55,16 +55,19 @@ class RankSlice:
             yield [tuple(pair) for pair in batch.tolist()]
 
 
-def _streams(views: dict[str, TrainViews], batch_size: int, seed: int, rank: int, world_size: int) -> dict[str, RankSlice]:
-    return {name: RankSlice(StreamSampler(len(v), batch_size, seed, name), rank, world_size) for name, v in views.items()}
+def _streams(views: dict[str, TrainViews], batch_size: int, seed: int, rank: int, world_size: int,
+             start: int = 0) -> dict[str, RankSlice]:
+    return {name: RankSlice(StreamSampler(len(v), batch_size, seed, name, start_batch=start), rank, world_size)
+            for name, v in views.items()}
 
 
 class ImageBatches:
-    """Crops of the labeled and/or unlabeled stream, moved to ``device`` as uint8, with teacher outputs."""
+    """Crops of the labeled and/or unlabeled stream, moved to ``device`` as uint8, with teacher outputs.
+    ``start`` is the first step's index (a resumed run): the streams skip the batches before it."""
 
     def __init__(self, views: dict[str, TrainViews], batch_size: int, seed: int, device: torch.device,
-                 teacher_fn: TeacherFn | None, workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        samplers = _streams(views, batch_size, seed, rank, world_size)
+                 teacher_fn: TeacherFn | None, workers: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        samplers = _streams(views, batch_size, seed, rank, world_size, start)
         on_host = all(v.store.image(0).device.type == "cpu" for v in views.values() if len(v))
         self.loaders = {name: iter(DataLoader(views[name], batch_sampler=s, num_workers=workers,
                                               persistent_workers=workers > 0, pin_memory=device.type == "cuda" and on_host))
@@ -97,8 +100,8 @@ class FeatureBatches:
 
     def __init__(self, views: dict[str, TrainViews], plan: dict[str, list[tuple[int, int]]], batch_size: int, seed: int,
                  device: torch.device, embed: Callable[[Tensor], Tensor], teacher_fn: TeacherFn | None,
-                 rank: int = 0, world_size: int = 1, chunk: int = 256, progress: bool = False) -> None:
-        self.samplers = {name: s.tensors() for name, s in _streams(views, batch_size, seed, rank, world_size).items()}
+                 rank: int = 0, world_size: int = 1, chunk: int = 256, progress: bool = False, start: int = 0) -> None:
+        self.samplers = {name: s.tensors() for name, s in _streams(views, batch_size, seed, rank, world_size, start).items()}
         self.num_views = {name: v.num_views for name, v in views.items()}
         self.labels = {name: v.store.labels.to(device) for name, v in views.items()}
         self.device = device
@@ -111,8 +114,8 @@ class FeatureBatches:
             table[index[:, 0], index[:, 1]] = torch.arange(offset, offset + len(pairs))
             self.rows[name] = table.to(device)
             offset += len(pairs)
-            for start in tqdm(range(0, len(pairs), chunk), desc=f"features {name}", disable=not progress, leave=False):
-                items = [views[name][(i, v)] for i, v in pairs[start:start + chunk]]
+            for lo in tqdm(range(0, len(pairs), chunk), desc=f"features {name}", disable=not progress, leave=False):
+                items = [views[name][(i, v)] for i, v in pairs[lo:lo + chunk]]
                 images = torch.stack([im for im, _, _ in items]).to(device)
                 feats.append(embed(images))
                 if teacher_fn is not None:

@@ -1,15 +1,20 @@
-"""Student checkpoints: weights as safetensors plus JSON metadata. Never the teacher; no pickle."""
+"""Student checkpoints: weights as safetensors plus JSON metadata. Never the teacher; no pickle.
+
+The weights are written first and ``model.json`` last, each atomically (temporary file, fsync,
+rename); the metadata records the weights' SHA-256, so a checkpoint whose weights were cut short
+or replaced without their metadata is refused on load rather than read.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import DamagedCheckpoint, file_digest, write_file_atomic
 from .students import DualHeadStudent, student_from_spec
 
 __all__ = ["FORMAT_VERSION", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
@@ -39,12 +44,6 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return path / WEIGHTS, path / METADATA
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata: Any) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/model.json``.
 
@@ -60,8 +59,9 @@ def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata:
         "input_size": student.preprocess.size, "alpha": student.alpha, "beta": student.beta,
         "dual_head": student.dual_head, "versions": versions(), **metadata,
     }
-    _write_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "dho-student"}))
-    _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    write_file_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "dho-student"}))
+    meta["weights_sha256"] = file_digest(weights)
+    write_file_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
     return directory
 
 
@@ -69,8 +69,11 @@ def load_metadata(path: str | Path) -> dict:
     _, meta_path = _paths(path)
     if not meta_path.is_file():
         raise FileNotFoundError(f"no checkpoint metadata at {str(meta_path)!r}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != "dho-student":
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        raise DamagedCheckpoint(f"{meta_path} is not valid JSON (damaged or cut short)") from None
+    if not isinstance(meta, dict) or meta.get("format") != "dho-student":
         raise ValueError(f"{meta_path} is not a dho student checkpoint")
     return meta
 
@@ -82,11 +85,18 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> DualHe
     meta = load_metadata(path)
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {str(weights)!r}")
+    if "weights_sha256" in meta and file_digest(weights) != meta["weights_sha256"]:
+        raise DamagedCheckpoint(f"{weights} does not match its metadata (damaged, or written by another run)")
     classes = meta["classes"]
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{path}: the class list repeats a name")
     if meta["architecture"]["num_classes"] != len(classes):
         raise ValueError(f"{path}: metadata lists {len(classes)} classes but the heads have {meta['architecture']['num_classes']}")
     student = student_from_spec(meta["architecture"], classes)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise DamagedCheckpoint(f"{weights} cannot be read ({type(err).__name__}: {err})") from None
     student.load_state_dict(state, strict=True)
     student.alpha, student.beta = float(meta["alpha"]), float(meta["beta"])
     return student.to(device).eval()
@@ -97,4 +107,4 @@ def update_mixing(path: str | Path, alpha: float, beta: float, **info: Any) -> N
     _, meta_path = _paths(path)
     meta = load_metadata(path)
     meta.update(alpha=float(alpha), beta=float(beta), **info)
-    _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    write_file_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))

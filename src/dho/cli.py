@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import logging
 import os
@@ -42,13 +43,21 @@ def _write_json(out: str | None, name: str, data: dict) -> None:
 
 # ---- commands ------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .train import train
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_config(args.config, overrides)
+    overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
+    if args.resume:  # the run's own resolved config; overrides may only change where and how fast it runs
+        run = Path(args.resume)
+        if args.config or (args.out and Path(args.out) != run):
+            raise ConfigError("--resume continues a run with its own config.yaml: leave out --config and --out")
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"nothing to resume: {run / 'config.yaml'} does not exist")
+        cfg = load_config(run / "config.yaml", overrides + [f"out={run}"])
+    else:
+        cfg = load_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
     try:
-        result = train(cfg, progress=_progress())
+        result = train(cfg, progress=_progress(), resume=bool(args.resume))
     finally:
         _end_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
@@ -65,6 +74,35 @@ def _end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.audit import audit_folder
+
+    report = audit_folder(args.root, timeout=args.timeout, workers=args.workers)
+    summary = report.summary()
+    print(f"{args.root}: {summary['images']} image files, {len(report.classes)} classes")
+    for split, counts in report.counts.items():
+        print(f"  {split:<6} {sum(counts.values())} decodable, {min(counts.values())}-{max(counts.values())} per class")
+    bad = report.bad
+    print(f"bad: {len(bad)}" + (f" ({', '.join(f'{k} {n}' for k, n in summary['bad'].items())})" if bad else ""))
+    for f in bad[:args.show]:
+        print(f"  {f['path']}: {f['error']}")
+    if summary["odd"]:
+        print("odd, decoded by the stated policy (EXIF applied, alpha on white, 16-bit scaled, CMYK to RGB): "
+              + ", ".join(f"{k} {n}" for k, n in summary["odd"].items()))
+        for f in report.odd[:args.show]:
+            print(f"  {f['path']}: " + "; ".join(text for _, text in f["notes"]))
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    cross = report.cross_split_duplicates
+    if report.duplicates:
+        print(f"duplicates: {len(report.duplicates)} groups of files with the same content, {len(cross)} across splits")
+        for group in (cross or report.duplicates)[:args.show]:
+            print("  " + " = ".join(group))
+    _write_json(args.out, "data_check.json", report.to_dict())
+    print("clean" if report.clean else "not clean: fix or remove the files above, or train with --skip-bad")
+    return 0 if report.clean else 1
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
@@ -277,8 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a student (writes config.yaml, metrics.jsonl, checkpoint/, results.json)")
     p.add_argument("--config", help="YAML config (defaults when omitted)")
     p.add_argument("--out", help="run directory (same as out=DIR)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from RUN/state (its own config)")
+    p.add_argument("--skip-bad", action="store_true", help="check every image first and train without undecodable ones "
+                   "(listed in RUN/bad_files.json)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("check", help="decode every image under a time limit; report bad and odd files, "
+                            "empty classes, duplicates across splits (exit 1 unless clean)")
+    p.add_argument("root", help="an ImageFolder tree (train/, val/, test/ or class folders)")
+    p.add_argument("--out", help="directory for data_check.json")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per file (default 30)")
+    p.add_argument("--workers", type=_positive_int, help="decode processes (default: the free cores)")
+    p.add_argument("--show", type=int, default=20, help="files listed per kind (default 20)")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("cache-teacher", help="compute the teacher's outputs for every view a training run draws, once")
     p.add_argument("--config", help="the run's YAML config (defaults when omitted)")
@@ -410,15 +462,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     from .config import ConfigError
+    from .stopping import TrainingInterrupted
 
     try:
         return args.func(args)
+    except TrainingInterrupted as err:
+        print(f"dho: {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("dho: interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
-        print(f"dho: error: {err}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError, FloatingPointError) as err:
+        print(f"dho: error: {_describe(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+
+
+def _describe(err: BaseException) -> str:
+    """One line: the error's first line, with what to do for the failures a user can fix."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"no space left on the device{where}; free some space and run again "
+                "(an interrupted training run continues with dho train --resume RUN)")
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(
+            s in text.lower() for s in ("out of memory", "can't allocate memory", "cannot allocate memory")):
+        return f"out of memory ({text[:160]}); lower optim.batch_size or eval.batch_size, or set data.in_memory=false"
+    return text
 
 
 if __name__ == "__main__":

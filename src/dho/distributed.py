@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistContext", "all_finite", "all_gather_float", "average_gradients", "gather_rows", "init_distributed",
-           "mean_across", "param_checksum", "shutdown"]
+__all__ = ["DistContext", "all_finite", "all_gather_float", "any_across", "average_gradients", "barrier", "gather_rows",
+           "init_distributed", "mean_across", "nonfinite_terms", "param_checksum", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,29 @@ def all_finite(ctx: DistContext, value: Tensor) -> bool:
     if ctx.enabled:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def nonfinite_terms(ctx: DistContext, terms: dict[str, Tensor]) -> list[str]:
+    """Names of the loss terms that are NaN or infinite on any rank (one all-reduce for all of them)."""
+    names = list(terms)
+    flags = torch.stack([torch.isfinite(terms[k].detach()).all().float() for k in names])
+    if ctx.enabled:
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return [k for k, ok in zip(names, flags.tolist()) if not ok]
+
+
+def any_across(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (e.g. a stop signal), so all ranks act on the same step."""
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor([float(flag)], device=device)  # NCCL reduces device tensors only
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
 
 
 def gather_rows(ctx: DistContext, part: Tensor | None, n: int) -> Tensor | None:

@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import random
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from .batches import FeatureBatches, ImageBatches
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
 from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews
+from .data.duplicates import check_overlaps
 from .data.splits import splits_for
 from .distributed import DistContext
 from .evaluate import SplitLogits, collect_logits, score
@@ -37,6 +40,8 @@ from .losses import METHOD_SPECS, method_loss
 from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast, resolve_precision
+from .state import TrainState, discard_state, load_state, save_state
+from .stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
 from .students import DualHeadStudent, build_student
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
@@ -78,12 +83,25 @@ def steps_per_epoch(cfg: RunConfig, manifest: SplitManifest) -> int:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; the others write nothing)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; the others write nothing).
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    A resumed run keeps the records up to the step it resumes from (``keep_until``) and drops the
+    later ones, which it is about to write again.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, keep_until: int | None = None) -> None:
         self.path, self.enabled = path, enabled
-        if enabled:
-            path.write_text("")
+        if not enabled:
+            return
+        kept = []
+        if keep_until is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= keep_until:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut short by the interruption
+                    continue
+        path.write_text("".join(kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -171,22 +189,50 @@ def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None)
     return cache
 
 
+def _resume_state(run_dir: Path, resume: bool) -> TrainState | None:
+    if not resume:
+        return None
+    state = load_state(run_dir / "state")
+    if state is None:
+        finished = " (the run finished; its student is checkpoint/)" if (run_dir / "results.json").is_file() else ""
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no training state under {run_dir / 'state'}{finished}")
+    return state
+
+
+def _same_splits(manifest: SplitManifest, run_dir: Path) -> None:
+    """A resumed run must see exactly the split it started with (the saved splits.json)."""
+    saved = SplitManifest.load(run_dir / "splits.json")
+    changed = manifest.differences(saved)
+    if changed:
+        raise ValueError(f"the dataset changed since {run_dir} started ({'; '.join(changed)}); a resumed run needs the same files")
+
+
 def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = None,
-          teacher_cache: TeacherCache | None = None) -> RunResult:
+          teacher_cache: TeacherCache | None = None, resume: bool = False) -> RunResult:
     """Train a student as configured; write the run directory; return its results.
 
     ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``; a
     :class:`FewShotTeacher` is used as given, otherwise one is fitted when ``teacher.adapter`` asks);
     ``teacher_cache`` replays the base teacher's outputs of views seen before (e.g. by another
     method or shot count on the same seed); without one, ``teacher.cache`` names a store on disk.
+    ``resume`` continues the run in ``cfg.out`` from its saved state (``state/last``, else
+    ``state/previous``); the result is the one an uninterrupted run gives. SIGINT/SIGTERM finish
+    the current step, save the state and raise :class:`TrainingInterrupted`; a NaN or infinite loss
+    term saves the last good state and raises :class:`NonFiniteLoss`.
     Under ``torchrun`` every process calls this; rank 0 writes the run directory.
     """
     # ---- setup ------------------------------------------------------------------------------
     started = time.time()
     ctx, device = distributed.init_distributed(cfg.device)
     run_dir = Path(cfg.out)
+    state_dir = run_dir / "state"
+    resumed = _resume_state(run_dir, resume)
+    if resumed is not None:
+        resumed.check_config(cfg.to_dict())
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed is None:
+            discard_state(state_dir)
         save_config(cfg, run_dir / "config.yaml")
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.threads or max(1, free_cores() // local_procs))
@@ -194,13 +240,19 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     seed_everything(cfg.seed)
     spec = METHOD_SPECS[cfg.loss.method]
     frozen = cfg.student.freeze_backbone
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=ctx.is_main)
 
     # ---- build: splits, teacher, student, data streams, optimiser -----------------------------
     d = cfg.data
     manifest = splits_for(d)
+    if resumed is not None:
+        _same_splits(manifest, run_dir)
+        resumed.check_classes(manifest.classes)
+    check_overlaps(manifest, d.duplicates)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=ctx.is_main, keep_until=resumed.step if resumed else None)
     if ctx.is_main:
         manifest.save(run_dir / "splits.json")
+        if manifest.info.get("bad_files"):
+            (run_dir / "bad_files.json").write_text(json.dumps(manifest.info["bad_files"], indent=1))
     log.info("data: %s", manifest.summary())
     if teacher is None:
         teacher = build_teacher(cfg.teacher, manifest.classes)
@@ -242,13 +294,14 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
         for v in views.values():
             v.store.to(device)
     spe, steps = steps_per_epoch(cfg, manifest), total_steps(cfg, manifest)
+    start = min(resumed.step, steps) if resumed is not None else 0  # the streams pick up at the saved step
     t_fn = teacher_outputs if spec.teacher else None
     if frozen:
         batches = FeatureBatches(views, planned_views(cfg, manifest), cfg.optim.batch_size, cfg.seed, device,
-                                 student.embed, t_fn, ctx.rank, ctx.world_size, progress=progress and ctx.is_main)
+                                 student.embed, t_fn, ctx.rank, ctx.world_size, progress=progress and ctx.is_main, start=start)
     else:
         batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, t_fn, 0 if device_crops else d.num_workers,
-                               ctx.rank, ctx.world_size)
+                               ctx.rank, ctx.world_size, start=start)
     val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
     # PCGrad combines per-objective gradients itself, so it averages them across ranks by hand.
     ddp = ctx.enabled and not spec.pcgrad
@@ -259,48 +312,82 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     conflict_every = cfg.eval.conflict_every if not frozen else 0
     if cfg.eval.conflict_every and frozen:
         log.warning("gradient conflict is measured on the backbone, which is frozen: not measured")
+    best = {"val": -1.0, "state": None, "epoch": None, "step": None}
+    if resumed is not None:  # last, so that nothing built above draws from the restored RNG
+        best = resumed.restore(student, optimizer, scheduler)
+        log.info("resumed from %s after step %d of %d", resumed.path, resumed.step, steps)
     log.info("training %s: %d steps (%d per epoch), %s student%s, teacher %s, %s",
              cfg.loss.method, steps, spe, cfg.student.backbone, " (heads only)" if frozen else "", teacher.id,
              "bf16 autocast" if amp is not None else "fp32")
 
-    # ---- loop -------------------------------------------------------------------------------
-    best = {"val": -1.0, "state": None, "epoch": None}
-    student.train()
-    bar = tqdm(range(steps), desc=f"train {cfg.loss.method}", disable=not (progress and ctx.is_main))
-    for step in bar:
-        batch = next(batches)
-        with autocast(device, amp):
-            out = model(features=batch.inputs) if frozen else model(batch.inputs)
-        losses = method_loss(cfg.loss.method, out, batch.labels, batch.teacher, batch.num_labeled, cfg.loss)
-        if not distributed.all_finite(ctx, losses["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
-        if conflict_every and step % conflict_every == 0 and ctx.is_main:
-            conflict = gradient_conflict(student.backbone, out, losses, batch.labels, batch.teacher, batch.num_labeled)
-            if conflict is not None:
-                metrics.write({"step": step + 1, "epoch": (step + 1) / spe, "conflict": conflict})
-        optimizer.zero_grad(set_to_none=True)
-        if spec.pcgrad:
-            pcgrad_backward([cfg.loss.ce_weight * losses["ce_loss"], cfg.loss.kd_weight * losses["kd_loss"]], trainable)
-            distributed.average_gradients(ctx, trainable)
-        else:
-            losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
+    def checkpoint(done: int, reason: str) -> Path | None:
+        """Save the resumable state after ``done`` steps (rank 0 writes; every rank waits for it)."""
+        path = None
+        if ctx.is_main:
+            path = save_state(state_dir, step=done, student=student, optimizer=optimizer, scheduler=scheduler, best=best,
+                              classes=manifest.classes, config=cfg.to_dict(), reason=reason)
+        distributed.barrier(ctx)
+        return path
 
-        epoch_done, epoch = (step + 1) % spe == 0, (step + 1) // spe
-        if step % 10 == 0 or step + 1 == steps:
-            values = distributed.mean_across(ctx, {k: v.detach().float() for k, v in losses.items()})
-            record = {"step": step + 1, "epoch": (step + 1) / spe, "lr": scheduler.get_last_lr()[0],
-                      **{k: round(v, 6) for k, v in values.items()}}
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if val_views is not None and cfg.eval.eval_every and epoch_done and epoch % cfg.eval.eval_every == 0:
-            val_logits = _collect(ctx, val_views, student, None, batch_size=cfg.eval.batch_size, device=device)
-            mix = tune_mixing(cfg, student, val_logits)
-            val_acc = mix.get("val_mixed", score(val_logits)["ce_head"])
-            metrics.write({"step": step + 1, "epoch": epoch, "val": score(val_logits, mix["alpha"], mix["beta"])})
-            if cfg.eval.keep == "best" and val_acc > best["val"]:
-                best = {"val": val_acc, "state": copy.deepcopy(student.state_dict()), "epoch": epoch}
+    # ---- loop -------------------------------------------------------------------------------
+    # A step's forward pass updates BatchNorm statistics before its loss can be checked: a copy of
+    # the buffers lets a non-finite loss save the state after the last good step, untouched.
+    buffers = [] if frozen else list(student.buffers())
+    good_buffers = [b.detach().clone() for b in buffers]
+    student.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {cfg.loss.method}",
+               disable=not (progress and ctx.is_main))
+    with StopSignals() as stop:
+        for step in bar:
+            batch = next(batches)
+            for kept, b in zip(good_buffers, buffers):
+                kept.copy_(b)
+            with autocast(device, amp):
+                out = model(features=batch.inputs) if frozen else model(batch.inputs)
+            losses = method_loss(cfg.loss.method, out, batch.labels, batch.teacher, batch.num_labeled, cfg.loss)
+            bad = distributed.nonfinite_terms(ctx, losses)
+            if bad:  # no weight has changed yet; with the buffers put back this is the last good state
+                for kept, b in zip(good_buffers, buffers):
+                    b.copy_(kept)
+                path = checkpoint(step, f"before the non-finite loss at step {step + 1}")
+                raise NonFiniteLoss(step + 1, [k for k in bad if k != "loss"] or bad,
+                                    {k: float(v.detach()) for k, v in losses.items()}, path)
+            if conflict_every and step % conflict_every == 0 and ctx.is_main:
+                conflict = gradient_conflict(student.backbone, out, losses, batch.labels, batch.teacher, batch.num_labeled)
+                if conflict is not None:
+                    metrics.write({"step": step + 1, "epoch": (step + 1) / spe, "conflict": conflict})
+            optimizer.zero_grad(set_to_none=True)
+            if spec.pcgrad:
+                pcgrad_backward([cfg.loss.ce_weight * losses["ce_loss"], cfg.loss.kd_weight * losses["kd_loss"]], trainable)
+                distributed.average_gradients(ctx, trainable)
+            else:
+                losses["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+
+            done = step + 1
+            epoch_done, epoch = done % spe == 0, done // spe
+            if step % 10 == 0 or done == steps:
+                values = distributed.mean_across(ctx, {k: v.detach().float() for k, v in losses.items()})
+                record = {"step": done, "epoch": done / spe, "lr": scheduler.get_last_lr()[0],
+                          **{k: round(v, 6) for k, v in values.items()}}
+                metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if val_views is not None and cfg.eval.eval_every and epoch_done and epoch % cfg.eval.eval_every == 0:
+                val_logits = _collect(ctx, val_views, student, None, batch_size=cfg.eval.batch_size, device=device)
+                mix = tune_mixing(cfg, student, val_logits)
+                val_acc = mix.get("val_mixed", score(val_logits)["ce_head"])
+                metrics.write({"step": done, "epoch": epoch, "val": score(val_logits, mix["alpha"], mix["beta"])})
+                if cfg.eval.keep == "best" and val_acc > best["val"]:
+                    best = {"val": val_acc, "state": copy.deepcopy(student.state_dict()), "epoch": epoch, "step": done}
+                    if ctx.is_main:
+                        save_checkpoint(student, state_dir / "best", best={k: v for k, v in best.items() if k != "state"})
+            if distributed.any_across(ctx, stop.signum is not None, device):  # every rank stops after the same step
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, steps, checkpoint(done, "signal"), run_dir)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+                checkpoint(done, "periodic")
+        if start < steps and cfg.checkpoint_every and steps >= cfg.checkpoint_every:
+            checkpoint(steps, "end of training")  # should evaluation below fail, training need not run again
     bar.close()
 
     # ---- finish: restore best, tune alpha/beta on validation, score test, checkpoint ---------
@@ -334,5 +421,6 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
                         metrics={"test": test.get("mixed", test.get("ce_head"))},
                         scores={"val": results["val"], "test": test})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        shutil.rmtree(state_dir, ignore_errors=True)  # finished: the student is checkpoint/, nothing to resume
         log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
     return RunResult(run_dir, results, student)

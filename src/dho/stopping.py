@@ -1,0 +1,73 @@
+"""Why a training run stops early: a signal (SIGINT / SIGTERM) or a non-finite loss.
+
+Either way the run first saves a resumable state (``RUN/state/last``) and then raises one of the
+errors below, which the CLI turns into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["NonFiniteLoss", "StopSignals", "TrainingInterrupted"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+    """The run stopped on a signal after finishing a step and saving its state."""
+
+    def __init__(self, signum: int, step: int, steps: int, state: Path | None, run_dir: Path) -> None:
+        self.signum, self.step, self.state = signum, step, state
+        self._args = (signum, step, steps, state, run_dir)  # for pickling (process pools)
+        where = f"state saved in {state}; continue with: dho train --resume {run_dir}" if state else "no state saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step} of {steps}; {where}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), self._args
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term was NaN or infinite; the state of the last good step was saved."""
+
+    def __init__(self, step: int, terms: list[str], values: dict[str, float], state: Path | None) -> None:
+        self.step, self.terms, self.state = step, terms, state
+        self._args = (step, terms, values, state)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        kept = f"; the state after step {step - 1} is in {state}" if state else ""
+        super().__init__(f"non-finite {', '.join(terms)} at step {step} ({shown}){kept}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), self._args
+
+
+class StopSignals:
+    """Inside ``with StopSignals() as stop:`` SIGINT and SIGTERM set ``stop.signum`` instead of
+    ending the process, so the loop can finish its step and save; a second signal raises
+    KeyboardInterrupt at once. Off the main thread (no signals there) it changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:  # noqa: PYI034
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: finishing this step, then saving the training state (send it again to stop at once)",
+                    signal.Signals(signum).name)

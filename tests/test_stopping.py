@@ -1,0 +1,85 @@
+"""Stopping early: a NaN loss term names itself and keeps the last good state; signals finish the
+step; the CLI reports both in one line with a non-zero exit code."""
+
+import importlib
+import signal
+
+import pytest
+import torch
+
+from dho.cli import main
+from dho.state import load_state
+from dho.stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
+from dho.train import train
+
+TRAIN = importlib.import_module("dho.train")  # the module (dho.train is also the function)
+
+
+def _poison(monkeypatch, at_call: int, term: str = "kd_loss"):
+    real, calls = TRAIN.method_loss, []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        if len(calls) == at_call:
+            out[term] = out[term] * float("nan")
+            out["loss"] = out["ce_loss"] + out[term]
+        return out
+
+    monkeypatch.setattr(TRAIN, "method_loss", loss)
+
+
+def test_a_nan_term_stops_the_run_with_the_last_good_state(tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg = tiny_cfg.override({"optim.schedule": "constant"})  # steps 1-2 then do not depend on max_steps
+    two = train(tiny_cfg.override({"optim.max_steps": 2, "out": str(tmp_path / "two")}))
+    _poison(monkeypatch, 3)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite kd_loss at step 3 \(.*kd_loss=nan.*state after step 2") as info:
+        train(tiny_cfg)
+    assert info.value.terms == ["kd_loss"] and info.value.step == 3
+    state = load_state(tiny_cfg.out + "/state")
+    assert state.step == 2 and state.skeleton["reason"].startswith("before the non-finite loss")
+    # the saved weights are those after the two good steps
+    model = {k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")}
+    assert model and all(torch.equal(model[k], v) for k, v in two.student.state_dict().items())
+
+
+def test_second_signal_stops_at_once():
+    with StopSignals() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_cli_reports_interrupts_and_nan_in_one_line(synth_root, tmp_path, monkeypatch, capsys):
+    args = ["train", "--out", str(tmp_path / "run"), f"data.root={synth_root}", "data.shots=2", "student.image_size=32",
+            "optim.epochs=4", "optim.batch_size=8", "threads=2"]
+    real, calls = TRAIN.method_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(TRAIN, "method_loss", interrupted)
+    assert main(args) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dho: stopped by SIGTERM after step 2 of 4") and f"dho train --resume {tmp_path / 'run'}" in err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+    _poison(monkeypatch, 1, "ce_loss")
+    assert main([*args[:2], str(tmp_path / "nan"), *args[3:]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dho: error: non-finite ce_loss at step 1")
+
+
+def test_stop_errors_survive_a_process_pool(tmp_path):
+    import pickle  # what concurrent.futures does to a worker's exception
+
+    for err in (NonFiniteLoss(3, ["kd_loss"], {"kd_loss": float("nan")}, tmp_path),
+                TrainingInterrupted(signal.SIGTERM, 5, 6, tmp_path / "state" / "last", tmp_path)):
+        back = pickle.loads(pickle.dumps(err))
+        assert str(back) == str(err) and back.step == err.step
