@@ -89,10 +89,12 @@ def _convert(image: Image.Image, notes: list[tuple[str, str]]) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def decode_bytes(data: bytes, name: str = "image") -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """uint8 [H, W, 3] pixels by the policy above, and (kind, text) notes on what was converted."""
+def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """uint8 [H, W, 3] pixels by the policy above, and (kind, text) notes on what was converted.
+    ``name`` (e.g. the file's path) starts the message of a :class:`BadImage`."""
+    where = f"{name}: " if name else ""
     if not data:
-        raise BadImage("empty", f"{name}: empty file (0 bytes)")
+        raise BadImage("empty", f"{where}empty file (0 bytes)")
     notes: list[tuple[str, str]] = []
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -102,13 +104,13 @@ def decode_bytes(data: bytes, name: str = "image") -> tuple[np.ndarray, list[tup
                 notes.append(("multi_frame", f"first of {frames} frames"))
             return _convert(image, notes), notes
     except UnidentifiedImageError:
-        raise BadImage("undecodable", f"{name}: not an image format Pillow can read") from None
+        raise BadImage("undecodable", f"{where}not an image format Pillow can read") from None
     except Image.DecompressionBombError as err:
-        raise BadImage("too_large", f"{name}: {err}") from None
+        raise BadImage("too_large", f"{where}{err}") from None
     except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, EOFError, struct.error, zlib.error, ...
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         kind = "truncated" if "truncat" in text.lower() or isinstance(err, EOFError) else "undecodable"
-        raise BadImage(kind, f"{name}: {kind} ({text})") from None
+        raise BadImage(kind, f"{where}{kind} ({text})") from None
 
 
 def open_rgb(path: str | Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -129,7 +131,7 @@ def inspect_file(path: str) -> dict:
         return {**record, "ok": False, "kind": "unreadable", "error": f"cannot read ({err.strerror or err})"}
     record["hash"] = content_digest(data)
     try:
-        pixels, notes = decode_bytes(data, Path(path).name)
+        pixels, notes = decode_bytes(data)  # the report names the file
     except BadImage as err:
         return {**record, "ok": False, "kind": err.kind, "error": str(err)}
     return {**record, "ok": True, "notes": notes, "size": [pixels.shape[1], pixels.shape[0]]}
