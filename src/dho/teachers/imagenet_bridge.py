@@ -69,6 +69,19 @@ def imagenet_class_texts(style: str = "lemma_definition") -> list[str]:
     raise ValueError(f"unknown ImageNet text style {style!r}; use lemma_definition, lemma or name")
 
 
+def _quietly(load, *args, **kwargs):
+    """Call ``load`` without Hugging Face's per-process "Loading weights" progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class ImageNetBridgeTeacher(Teacher):
     """Zero-shot teacher: EfficientNet-Lite0 ImageNet probabilities mapped to the task's classes.
 
@@ -114,7 +127,7 @@ class ImageNetBridgeTeacher(Teacher):
         self.classifier.to(memory_format=torch.channels_last)  # about 1.5x faster on CPU
         self.preprocess.channels_last = True
         model_dir = Path(text_model or minilm_model_path())
-        self.text_model = SentenceTransformer(str(model_dir), device="cpu")
+        self.text_model = _quietly(SentenceTransformer, str(model_dir), device="cpu")
         cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
         texts = imagenet_class_texts(text_style)
         self.register_buffer("imagenet_text", self._imagenet_text(texts, model_dir, cache), persistent=False)
