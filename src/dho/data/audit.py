@@ -193,7 +193,7 @@ def audit_folder(root: str | Path, timeout: float = 30.0, workers: int | None = 
     problems += [f"class {c!r} has no decodable images in {where}" for c in classes if counts[first][c] == 0]
     duplicates = sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
     report = AuditReport(str(root.resolve()), classes, counts, files, problems, duplicates)
-    log.info("checked %s: %s", root, report.summary())
+    log.debug("checked %s: %s", root, report.summary())
     return report
 
 
