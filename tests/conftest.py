@@ -91,3 +91,66 @@ def write_image_zoo(folder: Path) -> dict[str, str]:
 def image_zoo(tmp_path) -> tuple[Path, dict[str, str]]:
     folder = tmp_path / "zoo"
     return folder, write_image_zoo(folder)
+
+
+def write_png(path: Path, seed: int, size: int = 12) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def write_coop_tree(root: Path, per_class: dict[str, int] | None = None,
+                    classes: tuple[str, ...] = ("banded", "braided", "cracked")) -> Path:
+    """A tiny DTD in CoOp's layout: ``root/dtd/images/<class>/<n>.png`` and
+    ``root/dtd/split_zhou_DescribableTextures.json``; returns ``root``."""
+    import json
+
+    per_class = per_class or {"train": 6, "val": 3, "test": 2}
+    base = root / "dtd"
+    split: dict[str, list] = {k: [] for k in per_class}
+    n = 0
+    for label, name in enumerate(classes):
+        for key, count in per_class.items():
+            for i in range(count):
+                rel = f"{name}/{name}_{key}_{i:02d}.png"
+                write_png(base / "images" / rel, n)
+                split[key].append([rel, label, name])
+                n += 1
+    (base / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    return root
+
+
+def write_fgvc_tree(root: Path, variants: tuple[str, ...] = ("707-320", "A300B4", "Cessna 172"),
+                    per_class: dict[str, int] | None = None) -> Path:
+    """A tiny FGVC-Aircraft: ``images/<id>.jpg`` (PNG bytes are fine for the decoder),
+    ``variants.txt`` and ``images_variant_{train,val,test}.txt``; returns the dataset directory."""
+    per_class = per_class or {"train": 4, "val": 2, "test": 2}
+    base = root / "fgvc_aircraft"
+    (base / "images").mkdir(parents=True)
+    (base / "variants.txt").write_text("\n".join(variants) + "\n")
+    n = 0
+    for key, count in per_class.items():
+        lines = []
+        for v in variants:
+            for _ in range(count):
+                image_id = f"{1000000 + n:07d}"
+                write_png(base / "images" / f"{image_id}.jpg", n)
+                lines.append(f"{image_id} {v}")
+                n += 1
+        (base / f"images_variant_{key}.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def write_imagenet_tree(root: Path, wnids: tuple[str, ...] = ("n01440764", "n01443537", "n01484850"),
+                        names: tuple[str, ...] = ("tench", "goldfish", "great white shark"),
+                        per_class: dict[str, int] | None = None) -> Path:
+    """A tiny ImageNet: ``train/<wnid>/<wnid>_<n>.JPEG``, ``val/<wnid>/...`` and ``classnames.txt``."""
+    per_class = per_class or {"train": 10, "val": 2}
+    n = 0
+    for key, count in per_class.items():
+        for w in wnids:
+            for i in range(count):
+                write_png(root / key / w / f"{w}_{key}{i}.JPEG", n)
+                n += 1
+    (root / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in zip(wnids, names)))
+    return root

@@ -61,6 +61,10 @@ METHODS = ("dho", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature"
 ADAPTERS = ("none", "tip", "tip-f")
 SMALL_CLASS_POLICIES = ("error", "drop", "take_all")
 SCHEDULES = ("cosine", "linear_warmup", "warmup_cosine", "constant")
+DATA_FORMATS = ("folder", "coop", "fgvc", "imagenet")
+# the benchmark datasets by name (dho.data.benchmarks.DATASETS); each names its prompt template set
+DATASET_NAMES = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class TeacherConfig:
     kind: Literal["openclip", "imagenet-bridge", "synthetic"] = "synthetic"
     model: str = "RN50"
     pretrained: str | None = None
-    templates: str = "default"
+    templates: str = "auto"  # "auto": the set named after data.dataset, else "default"
     zeta: float = 0.01
     image_size: int | None = None  # None: the model's own input size
     bridge_tau: float = 0.1  # imagenet-bridge only
@@ -124,9 +128,17 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """An ImageFolder tree and how to split it into labeled, unlabeled, validation and test."""
+    """Where the images are (an ImageFolder tree, or a benchmark in CoOp's layout) and how to split
+    them into labeled, unlabeled, validation and test."""
 
     root: str = ""
+    format: Literal["folder", "coop", "fgvc", "imagenet"] = "folder"  # coop: split_zhou_<Name>.json; fgvc: txt lists
+    dataset: str | None = None  # a benchmark name (e.g. dtd); picks the split file and the prompt templates
+    split_file: str | None = None  # coop: the split JSON; imagenet: classnames.txt (default: found under root)
+    val_shots: Literal["full", "coop"] = "full"  # benchmarks: the whole val split, or min(shots, 4) per class (CoOp)
+    low_shot: Literal["per_class", "authors", "file"] = "per_class"  # with fraction: how the labeled subset is drawn
+    subset_file: str | None = None  # low_shot=file: image file names, one a line (the SimCLR 1% / 10% lists)
+    manifest_dir: str | None = None  # benchmarks: drawn splits are cached here as JSON manifests
     shots: int | None = 16  # labeled images per class; None -> use `fraction`
     fraction: float | None = None  # labeled fraction per class (low-shot), used when shots is None
     split_seed: int = 1
@@ -144,6 +156,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data.small_classes", self.small_classes, SMALL_CLASS_POLICIES)
+        _check_choice("data.format", self.format, DATA_FORMATS)
+        _check_choice("data.val_shots", self.val_shots, ("full", "coop"))
+        _check_choice("data.low_shot", self.low_shot, ("per_class", "authors", "file"))
+        if self.dataset is not None:
+            _check_choice("data.dataset", self.dataset, DATASET_NAMES)
+        elif self.format in ("fgvc", "imagenet"):  # these formats hold one dataset each
+            object.__setattr__(self, "dataset", "fgvc_aircraft" if self.format == "fgvc" else "imagenet")
+        self._check_benchmark()
         _check_choice("data.duplicates", self.duplicates, ("warn", "error", "off"))
         _check_positive("data.num_workers", self.num_workers, allow_zero=True)
         _check_positive("data.max_unlabeled", self.max_unlabeled, allow_zero=True)
@@ -161,6 +181,27 @@ class DataConfig:
             _check_positive("data.view_size", self.view_size)
         if self.num_views is not None:
             _check_positive("data.num_views", self.num_views)
+
+
+    def _check_benchmark(self) -> None:
+        if self.format == "coop" and self.dataset is None:
+            raise ConfigError("data.format=coop needs data.dataset (e.g. dtd)")
+        if self.format == "coop" and self.dataset in ("imagenet", "fgvc_aircraft"):
+            use = "imagenet" if self.dataset == "imagenet" else "fgvc (its official txt lists)"
+            raise ConfigError(f"data.dataset={self.dataset} has no CoOp split file: use data.format={use}")
+        if self.format == "fgvc" and self.dataset not in (None, "fgvc_aircraft"):
+            raise ConfigError(f"data.format=fgvc reads FGVC-Aircraft; data.dataset={self.dataset!r} does not match")
+        if self.format == "imagenet" and self.dataset not in (None, "imagenet"):
+            raise ConfigError(f"data.format=imagenet reads ImageNet; data.dataset={self.dataset!r} does not match")
+        if self.format != "folder":
+            if self.skip_bad:
+                raise ConfigError("data.skip_bad works with data.format=folder only")
+            if self.small_classes == "drop":
+                raise ConfigError("data.small_classes=drop works with data.format=folder only; use take_all or error")
+        if self.low_shot == "file" and self.shots is None and not self.subset_file:
+            raise ConfigError("data.low_shot=file needs data.subset_file (one image file name a line)")
+        if self.low_shot != "per_class" and self.format == "folder":
+            raise ConfigError(f"data.low_shot={self.low_shot} needs a benchmark data.format (e.g. imagenet)")
 
 
 @dataclass(frozen=True)

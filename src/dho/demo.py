@@ -82,7 +82,7 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
     for test indices (view -1), with their :class:`TeacherCache` keys. Two tensors cross the
     process boundary, not 2N (each tensor sent between processes costs a shared-memory handle)."""
     manifest = splits_for(cfg.data)
-    teacher = build_teacher(cfg.teacher, manifest.classes)
+    teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
     store = ImageStore(manifest, manifest.split(split), in_memory=False)
     size = training_view_size(cfg, teacher.image_size)
     if split == "test":
@@ -99,7 +99,7 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
 
 def _train_job(cfg: RunConfig, keys: list[str], features: torch.Tensor, logits: torch.Tensor) -> dict:
     manifest = splits_for(cfg.data)
-    teacher = build_teacher(cfg.teacher, manifest.classes)
+    teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
     result = train(cfg, teacher=teacher, teacher_cache=TeacherCache(teacher, dict(zip(keys, zip(features, logits)))))
     return {k: result.results[k] for k in ("method", "alpha", "beta", "selection", "test", "val", "steps", "wall_time_s")}
 
@@ -123,7 +123,7 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
     first = cfgs[(settings.seeds[0], "dho")]
     manifest = splits_for(first.data)
     classes = manifest.classes
-    teacher_id = build_teacher(first.teacher, classes).id  # fails early on a bad teacher; warms its caches
+    teacher_id = build_teacher(first.teacher, classes, first.data.dataset).id  # fails early on a bad teacher; warms its caches
 
     # Jobs run first in, first out: the CE runs (no teacher) overlap the teacher's work, then the
     # runs that replay the teacher's outputs start as soon as those exist.

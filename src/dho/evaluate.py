@@ -118,7 +118,8 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
     manifest, items = checkpoint_split(checkpoint, meta, split, data)
     teacher = None
     if with_teacher:
-        teacher = build_teacher(RunConfig.from_dict(meta["config"]).teacher, meta["classes"]).to(device)
+        run_cfg = RunConfig.from_dict(meta["config"])
+        teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
         if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
     views = EvalViews(ImageStore(manifest, items, in_memory=False), student.preprocess.size)
@@ -136,7 +137,7 @@ def zeroshot_accuracy(cfg, split: str = "test", *, progress: bool = False) -> di
     d = cfg.data
     manifest = splits_for(d)
     device = resolve_device(cfg.device)
-    teacher = build_teacher(cfg.teacher, manifest.classes).to(device)
+    teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset).to(device)
     views = EvalViews(ImageStore(manifest, manifest.split(split), in_memory=False), teacher.image_size)
     logits = collect_logits(views, None, teacher, batch_size=cfg.eval.batch_size, device=device, progress=progress, desc=split)
     return {"teacher_id": teacher.id, "split": split, "templates": list(teacher.templates), **score(logits)}

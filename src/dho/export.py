@@ -176,7 +176,8 @@ def _teacher_speed(meta: dict, images: Tensor) -> tuple[float | str, str]:
     from .teachers import build_teacher
 
     try:
-        teacher = build_teacher(RunConfig.from_dict(meta["config"]).teacher, meta["classes"])
+        run_cfg = RunConfig.from_dict(meta["config"])
+        teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset)
     except Exception as err:  # e.g. hub weights that are not on this machine
         return f"{type(err).__name__}: {str(err).splitlines()[0][:80]}", "-"
     params = sum(p.numel() for p in teacher.parameters())

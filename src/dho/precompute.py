@@ -70,7 +70,7 @@ def teacher_requests(cfgs: list[RunConfig], teacher: Teacher, eval_splits: bool 
 def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Worker: rebuild the requested views' pixels and run the base teacher on them."""
     manifest = splits_for(cfg.data)
-    teacher = build_teacher(cfg.teacher, manifest.classes)
+    teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
     view_size = training_view_size(cfg, teacher.image_size)
     keys, feats, logits = [], [], []
     for start in range(0, len(requests), 128):
@@ -120,7 +120,7 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int, *,
     """Compute the base teacher's outputs for every view ``cfgs`` need that the store at ``path``
     lacks, append them there, and return the cache over it."""
     base = base_teacher_config(cfgs[0])
-    teacher = build_teacher(base.teacher, splits_for(base.data).classes)
+    teacher = build_teacher(base.teacher, splits_for(base.data).classes, base.data.dataset)
     cache = TeacherCache.load(teacher, path) if (path / "meta.json").is_file() else TeacherCache(teacher)
     info = store_info(base, teacher)
     if cache.store is not None and cache.store.meta["info"] and cache.store.meta["info"] != info:

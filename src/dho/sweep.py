@@ -110,7 +110,7 @@ def _worker_cache(cfg: RunConfig, cache_path: Path) -> tuple[Teacher, TeacherCac
     key = f"{cache_path}:{(cache_path / 'meta.json').stat().st_mtime_ns}"
     if _WORKER_STATE.get("key") != key:
         base = base_teacher_config(cfg)
-        teacher = build_teacher(base.teacher, cached_splits(base.data).classes)
+        teacher = build_teacher(base.teacher, cached_splits(base.data).classes, base.data.dataset)
         _WORKER_STATE.update(key=key, teacher=teacher, cache=TeacherCache.load(teacher, cache_path))
     return _WORKER_STATE["teacher"], _WORKER_STATE["cache"]
 

@@ -255,7 +255,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
             (run_dir / "bad_files.json").write_text(json.dumps(manifest.info["bad_files"], indent=1))
     log.info("data: %s", manifest.summary())
     if teacher is None:
-        teacher = build_teacher(cfg.teacher, manifest.classes)
+        teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
     elif teacher.classnames != manifest.classes:
         raise ValueError("the given teacher was built for other classes than this dataset's")
     teacher = teacher.to(device)

@@ -195,9 +195,14 @@ def folder_manifest(root: str | Path, classes: list[str]) -> SplitManifest:
 
 
 def splits_for(data) -> SplitManifest:
-    """The splits a :class:`dho.config.DataConfig` describes. With ``skip_bad`` every image is
+    """The splits a :class:`dho.config.DataConfig` describes: a benchmark's protocol
+    (:func:`dho.data.protocols.benchmark_manifest`) or an ImageFolder tree's split. With ``skip_bad`` every image is
     checked first (:func:`dho.data.audit.bad_files`) and the undecodable ones are left out; the
     manifest's ``info["bad_files"]`` lists them."""
+    if data.format != "folder":
+        from .protocols import benchmark_manifest
+
+        return benchmark_manifest(data)
     bad = []
     if data.skip_bad:
         from .audit import bad_files

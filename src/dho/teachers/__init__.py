@@ -6,13 +6,14 @@ from collections.abc import Sequence
 
 from ..config import TeacherConfig
 from .base import Teacher, TeacherOutput, prompt_name
-from .templates import TEMPLATES, get_templates
+from .templates import TEMPLATES, get_templates, templates_for
 
 __all__ = ["TEMPLATES", "Teacher", "TeacherOutput", "build_teacher", "get_templates", "prompt_name"]
 
 
-def build_teacher(cfg: TeacherConfig, classnames: Sequence[str]) -> Teacher:
-    """Create the teacher named by ``cfg.kind`` with its zero-shot head for ``classnames``."""
+def build_teacher(cfg: TeacherConfig, classnames: Sequence[str], dataset: str | None = None) -> Teacher:
+    """Create the teacher named by ``cfg.kind`` with its zero-shot head for ``classnames``, prompted
+    with ``cfg.templates`` ("auto": the benchmark ``dataset``'s own set, METHOD.md 2)."""
     if cfg.kind == "openclip":
         from .openclip import OpenClipTeacher
 
@@ -28,5 +29,5 @@ def build_teacher(cfg: TeacherConfig, classnames: Sequence[str]) -> Teacher:
         teacher = SyntheticTeacher(cfg.embed_dim, cfg.seed, image_size=cfg.image_size or 32, zeta=cfg.zeta)
     else:  # pragma: no cover - TeacherConfig validates kind
         raise ValueError(f"unknown teacher kind {cfg.kind!r}")
-    teacher.set_classes(classnames, get_templates(cfg.templates))
+    teacher.set_classes(classnames, get_templates(templates_for(cfg.templates, dataset)))
     return teacher.freeze()

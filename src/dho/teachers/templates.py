@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TEMPLATES", "get_templates"]
+__all__ = ["TEMPLATES", "get_templates", "templates_for"]
 
 IMAGENET7 = (
     "itap of a {}.",
@@ -31,8 +31,17 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
+def templates_for(name: str, dataset: str | None = None) -> str:
+    """The set a teacher uses: ``name``, or for "auto" the set of the benchmark ``dataset``
+    (every benchmark name is a set name), else "default"."""
+    if name != "auto":
+        return name
+    return dataset if dataset in TEMPLATES else "default"
+
+
 def get_templates(name: str) -> tuple[str, ...]:
     """Templates by set name; a string containing '{}' is taken as a single literal template."""
+    name = templates_for(name)
     if name in TEMPLATES:
         return TEMPLATES[name]
     if "{}" in name:

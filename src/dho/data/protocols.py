@@ -1,0 +1,196 @@
+"""The paper's split protocols over benchmark pools: K shots per class per seed (CoOp), the low-shot
+ImageNet subsets (the SimCLR 1% / 10% lists, or the DHO code's balanced random draw), and the two
+validation rules. The result is an ordinary :class:`SplitManifest`, optionally cached as JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+
+from .benchmarks import Pools, read_pools
+from .splits import SplitManifest
+
+__all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "protocol_manifest", "read_subset_file"]
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, int]
+AUTHORS_SUBSET_SEED = 13  # numpy seed of the DHO code's balanced low-shot ImageNet subset
+COOP_VAL_SHOTS = 4  # CoOp validates on min(K, 4) shots per class
+
+
+def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:
+    groups: list[list[Item]] = [[] for _ in range(num_classes)]
+    for item in items:
+        groups[item[1]].append(item)
+    return [sorted(g) for g in groups]
+
+
+def _draw(group: list[Item], k: int, seed: int, tag: str) -> tuple[list[Item], list[Item]]:
+    """(k drawn, the rest) of one class, a pure function of (seed, tag, the class's files)."""
+    order = list(group)
+    random.Random(f"{seed}|{tag}").shuffle(order)
+    return sorted(order[:k]), sorted(order[k:])
+
+
+def read_subset_file(path: str | Path) -> set[str]:
+    """A SimCLR-style subset list: one image file name per line (e.g. ``n01440764_10026.JPEG``);
+    directories in a line are ignored, so ``train/<wnid>/<file>`` lines work as well."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"subset file {str(path)!r} does not exist")
+    names = {Path(line.strip()).name for line in path.read_text().splitlines() if line.strip()}
+    if not names:
+        raise ValueError(f"subset file {path} lists no images")
+    return names
+
+
+def _labeled_from_file(groups: list[list[Item]], path: str, classes: list[str]) -> list[int | None]:
+    """Per class, how many of its (already ordered) images the subset file lists; reorders each
+    group so the listed images come first. Every listed name must exist in the pool."""
+    wanted = read_subset_file(path)
+    found = set()
+    counts: list[int | None] = []
+    for g in groups:
+        listed = [it for it in g if Path(it[0]).name in wanted]
+        found.update(Path(it[0]).name for it in listed)
+        g[:] = listed + [it for it in g if Path(it[0]).name not in wanted]
+        counts.append(len(listed))
+    missing = wanted - found
+    if missing:
+        raise ValueError(f"{len(missing)} of the {len(wanted)} images in {path} are not in the training pool "
+                         f"(e.g. {min(missing)!r}); is data.root the matching ImageNet train set?")
+    empty = [classes[i] for i, n in enumerate(counts) if n == 0]
+    if empty:
+        log.warning("the subset file labels no image of %d class(es), e.g. %r", len(empty), empty[0])
+    return counts
+
+
+def _authors_counts(groups: list[list[Item]], fraction: float) -> list[int]:
+    """The DHO code's balanced subset: the same number of images in every class, the fraction of
+    the average class size (at least 1), drawn with numpy's legacy generator seeded with 13,
+    class by class in label order; the drawn images are moved to the front of each group."""
+    total = sum(len(g) for g in groups)
+    k = max(1, round(fraction * total / len(groups)))
+    rng = np.random.RandomState(AUTHORS_SUBSET_SEED)
+    counts = []
+    for g in groups:
+        take = min(k, len(g))
+        chosen = set(rng.choice(len(g), take, replace=False).tolist()) if take else set()
+        g[:] = [g[i] for i in sorted(chosen)] + [g[i] for i in range(len(g)) if i not in chosen]
+        counts.append(take)
+    return counts
+
+
+def protocol_manifest(pools: Pools, data) -> SplitManifest:
+    """Labeled / unlabeled / validation / test from ``pools`` as ``data`` (a DataConfig) describes.
+
+    Labeled: ``shots`` per class (CoOp) or, low-shot, ``fraction`` of each class (``low_shot:
+    per_class``), the images of ``subset_file`` (``file``) or the DHO code's balanced draw
+    (``authors``). Unlabeled: the rest of train. Validation: the whole val split (``val_shots:
+    full``) or min(K, 4) per class of it (``coop``); a dataset without one (ImageNet) carves it
+    from train before anything is labeled: ``val_fraction`` per class, or min(K, 4) per class."""
+    seed, n = data.split_seed, len(pools.classes)
+    info: dict = {"seed": seed, "shots": data.shots, "fraction": data.fraction, "protocol": _protocol_name(data),
+                  **pools.info}
+    train = _by_class(pools.train, n)
+    k_val = min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
+    if pools.val:
+        val_groups = _by_class(pools.val, n)
+        if data.val_shots == "coop":
+            val = [it for c, g in enumerate(val_groups) for it in _draw(g, k_val, seed, f"val|{c}")[0]]
+            info["val_source"] = f"{k_val} per class of the val split"
+        else:
+            val, info["val_source"] = list(pools.val), "the val split"
+    else:
+        val = []
+        listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" else set()
+        for c, g in enumerate(train):
+            free = [it for it in g if Path(it[0]).name not in listed]  # never validate on a labeled image
+            if data.val_shots == "coop":
+                k = min(k_val, len(free) - 1)
+            else:
+                k = min(len(free) - 1, max(1, round(len(free) * data.val_fraction))) if data.val_fraction > 0 else 0
+            picked = _draw(free, max(k, 0), seed, f"val|{c}")[0]
+            taken = set(picked)
+            train[c] = [it for it in g if it not in taken]
+            val += picked
+        info["val_source"] = (f"{k_val} per class carved from train" if data.val_shots == "coop"
+                              else f"carved {data.val_fraction:g} per class from train")
+    info["test_source"] = "the test split"
+
+    if data.shots is not None:
+        counts = [data.shots] * n
+    elif data.low_shot == "file":
+        counts = _labeled_from_file(train, data.subset_file, pools.classes)
+        info["subset_file"] = str(data.subset_file)
+    elif data.low_shot == "authors":
+        counts = _authors_counts(train, data.fraction)
+    else:
+        counts = [max(1, round(len(g) * data.fraction)) for g in train]
+    small = [(pools.classes[c], len(g), k) for c, (g, k) in enumerate(zip(train, counts)) if len(g) < k]
+    if small and data.small_classes != "take_all":
+        name, have, k = small[0]
+        raise ValueError(f"class {name!r} has {have} training images, fewer than shots={k}"
+                         f"{f' (so do {len(small) - 1} more)' if len(small) > 1 else ''}; set data.small_classes=take_all")
+    labeled, unlabeled = [], []
+    for c, (g, k) in enumerate(zip(train, counts)):
+        if data.shots is not None or data.low_shot == "per_class":
+            a, b = _draw(g, min(k, len(g)), seed, f"shots|{c}")
+        else:  # the subset rule already put the chosen images first
+            a, b = sorted(g[:k]), sorted(g[k:])
+        labeled += a
+        unlabeled += b
+    if data.max_unlabeled is not None:
+        keep = min(1.0, data.max_unlabeled / max(1, len(unlabeled)))
+        groups = _by_class(unlabeled, n)
+        unlabeled = [it for c, g in enumerate(groups) for it in _draw(g, round(len(g) * keep), seed, f"unlabeled|{c}")[0]]
+        info["max_unlabeled"] = data.max_unlabeled
+    manifest = SplitManifest(str(pools.image_root.resolve()), list(pools.classes), sorted(labeled, key=lambda it: (it[1], it[0])),
+                             sorted(unlabeled, key=lambda it: (it[1], it[0])), val, list(pools.test), info)
+    log.info("%s: %s", info["protocol"], manifest.summary())
+    return manifest
+
+
+def _protocol_name(data) -> str:
+    if data.shots is not None:
+        what = f"{data.shots}-shot"
+    else:
+        what = {"file": "subset-file", "authors": f"balanced-random-seed{AUTHORS_SUBSET_SEED}",
+                "per_class": "per-class"}[data.low_shot] + f" {data.fraction:g}"
+    return f"{data.dataset or data.format} {what}, seed {data.split_seed}, val {data.val_shots}"
+
+
+def _cache_key(data) -> str:
+    fields = ("format", "dataset", "root", "split_file", "shots", "fraction", "split_seed", "val_shots", "val_fraction",
+              "low_shot", "subset_file", "max_unlabeled", "small_classes")
+    text = json.dumps({f: getattr(data, f) for f in fields}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def benchmark_manifest(data) -> SplitManifest:
+    """The manifest of a benchmark-format DataConfig. With ``data.manifest_dir`` it is read from
+    there when it was drawn before (same data settings) and written there otherwise."""
+    path = None
+    if data.manifest_dir:
+        what = f"shot{data.shots}" if data.shots is not None else f"{data.low_shot}{data.fraction:g}"
+        name = f"{data.dataset or data.format}_{what}_seed{data.split_seed}_val-{data.val_shots}_{_cache_key(data)}.json"
+        path = Path(data.manifest_dir).expanduser() / name
+        if path.is_file():
+            manifest = SplitManifest.load(path)
+            log.info("splits from %s: %s", path, manifest.summary())
+            return manifest
+    manifest = protocol_manifest(read_pools(data.format, data.root, data.dataset, data.split_file), data)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        manifest.save(tmp)
+        tmp.replace(path)
+        log.info("wrote the splits to %s", path)
+    return manifest
+

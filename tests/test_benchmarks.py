@@ -1,0 +1,204 @@
+"""Benchmark readers and split protocols on tiny replicas of each on-disk format."""
+
+import dataclasses
+import json
+
+import pytest
+from conftest import write_coop_tree, write_fgvc_tree, write_imagenet_tree
+
+from dho.config import ConfigError, DataConfig
+from dho.data.benchmarks import read_coop, read_fgvc, read_imagenet
+from dho.data.protocols import AUTHORS_SUBSET_SEED, protocol_manifest
+from dho.data.splits import SplitManifest, splits_for
+from dho.teachers.templates import get_templates, templates_for
+
+
+def coop(root, **kw) -> DataConfig:
+    return DataConfig(root=str(root), format="coop", dataset="dtd", **{"shots": 2, **kw})
+
+
+def by_class(items):
+    out = {}
+    for p, y in items:
+        out.setdefault(y, []).append(p)
+    return out
+
+
+def test_coop_split_file_is_read_from_the_data_root_or_the_dataset_dir(tmp_path):
+    root = write_coop_tree(tmp_path)
+    for where in (root, root / "dtd"):
+        pools = read_coop(where, "dtd")
+        assert pools.classes == ["banded", "braided", "cracked"]
+        assert (len(pools.train), len(pools.val), len(pools.test)) == (18, 9, 6)
+        assert pools.image_root == root / "dtd" / "images"
+        assert all((pools.image_root / p).is_file() for p, _ in pools.train + pools.val + pools.test)
+
+
+def test_coop_k_shot_protocol(tmp_path):
+    root = write_coop_tree(tmp_path)
+    m = splits_for(coop(root))
+    pools = read_coop(root, "dtd")
+    assert m.classes == pools.classes and m.test == pools.test
+    assert {y: len(v) for y, v in by_class(m.labeled).items()} == {0: 2, 1: 2, 2: 2}
+    assert sorted(m.labeled + m.unlabeled) == sorted(pools.train)  # unlabeled = the rest of train
+    assert not set(m.labeled) & set(m.unlabeled)
+    assert sorted(m.val) == sorted(pools.val)  # val_shots=full: the whole val split
+    assert m.info["protocol"] == "dtd 2-shot, seed 1, val full"
+    assert SplitManifest.load(_saved(m, tmp_path)).labeled == m.labeled  # the usual manifest format
+
+
+def _saved(m, tmp_path):
+    m.save(tmp_path / "splits.json")
+    return tmp_path / "splits.json"
+
+
+def test_coop_seeds_are_deterministic_and_distinct(tmp_path):
+    root = write_coop_tree(tmp_path)
+    draws = {s: splits_for(coop(root, split_seed=s)).labeled for s in (1, 2, 3)}
+    assert splits_for(coop(root, split_seed=2)).labeled == draws[2]
+    assert len({tuple(d) for d in draws.values()}) == 3
+
+
+def test_coop_validation_rule(tmp_path):
+    root = write_coop_tree(tmp_path)
+    m = splits_for(coop(root, val_shots="coop"))
+    assert {y: len(v) for y, v in by_class(m.val).items()} == {0: 2, 1: 2, 2: 2}  # min(K=2, 4)
+    m16 = splits_for(coop(root, shots=5, val_shots="coop"))
+    assert {y: len(v) for y, v in by_class(m16.val).items()} == {0: 3, 1: 3, 2: 3}  # min(5, 4) capped by the 3 there
+    assert "per class of the val split" in m.info["val_source"]
+
+
+def test_small_classes_are_an_explicit_decision(tmp_path):
+    root = write_coop_tree(tmp_path)
+    with pytest.raises(ValueError, match="class 'banded' has 6 training images, fewer than shots=8"):
+        splits_for(coop(root, shots=8))
+    m = splits_for(coop(root, shots=8, small_classes="take_all"))
+    assert len(m.labeled) == 18 and m.unlabeled == []
+    with pytest.raises(ConfigError, match="small_classes=drop works with data.format=folder only"):
+        coop(root, small_classes="drop")
+
+
+def test_manifest_cache_is_written_then_reused(tmp_path):
+    root = write_coop_tree(tmp_path)
+    cfg = coop(root, manifest_dir=str(tmp_path / "manifests"))
+    first = splits_for(cfg)
+    files = list((tmp_path / "manifests").glob("dtd_shot2_seed1_val-full_*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    data["info"]["marker"] = "from the cache"
+    files[0].write_text(json.dumps(data))
+    again = splits_for(cfg)
+    assert again.info["marker"] == "from the cache" and again.labeled == first.labeled
+    other = splits_for(coop(root, split_seed=2, manifest_dir=str(tmp_path / "manifests")))
+    assert "marker" not in other.info and len(list((tmp_path / "manifests").iterdir())) == 2
+
+
+def test_coop_format_errors(tmp_path):
+    root = write_coop_tree(tmp_path)
+    with pytest.raises(ConfigError, match="data.format=coop needs data.dataset"):
+        DataConfig(root=str(root), format="coop")
+    with pytest.raises(ConfigError, match="did you mean 'dtd'"):
+        DataConfig(root=str(root), format="coop", dataset="dtdd")
+    with pytest.raises(ConfigError, match="no CoOp split file: use data.format=fgvc"):
+        DataConfig(root=str(root), format="coop", dataset="fgvc_aircraft")
+    with pytest.raises(ConfigError, match="did you mean 'coop'"):
+        DataConfig(root=str(root), format="cop", dataset="dtd")
+    with pytest.raises(FileNotFoundError, match="split_zhou_EuroSAT.json not found"):
+        splits_for(DataConfig(root=str(root), format="coop", dataset="eurosat"))
+    (root / "dtd" / "images" / "banded" / "banded_train_00.png").unlink()
+    with pytest.raises(FileNotFoundError, match="train image 'banded/banded_train_00.png'"):
+        splits_for(coop(root))
+
+
+def test_fgvc_lists(tmp_path):
+    base = write_fgvc_tree(tmp_path)
+    pools = read_fgvc(tmp_path)
+    assert pools.classes == ["707-320", "A300B4", "Cessna 172"]  # variants.txt order; names may hold spaces
+    assert (len(pools.train), len(pools.val), len(pools.test)) == (12, 6, 6)
+    assert pools.train[0] == ("1000000.jpg", 0) and pools.image_root == base / "images"
+    m = splits_for(DataConfig(root=str(base), format="fgvc", shots=1, val_shots="coop"))
+    assert len(m.labeled) == 3 and len(m.unlabeled) == 9 and len(m.val) == 3 and len(m.test) == 6
+    assert m.info["dataset"] == "fgvc_aircraft" and templates_for("auto", DataConfig(format="fgvc").dataset) == "fgvc_aircraft"
+    (base / "images_variant_val.txt").write_text("1000099 Boeing 999\n")
+    with pytest.raises(ValueError, match="variant 'Boeing 999' is not in variants.txt"):
+        read_fgvc(base)
+
+
+def test_imagenet_folders_carve_validation_from_train(tmp_path):
+    write_imagenet_tree(tmp_path)
+    pools = read_imagenet(tmp_path)
+    assert pools.classes == ["tench", "goldfish", "great white shark"]
+    assert len(pools.test) == 6 and pools.val == []
+    cfg = DataConfig(root=str(tmp_path), format="imagenet", shots=2, val_shots="coop")
+    m = splits_for(cfg)
+    counts = {y: len(v) for y, v in by_class(m.val).items()}
+    assert counts == {0: 2, 1: 2, 2: 2}  # min(K, 4) per class, carved from train
+    assert sorted(m.labeled + m.unlabeled + m.val) == sorted(pools.train)
+    assert not set(m.val) & set(m.labeled + m.unlabeled)
+    assert all(p.startswith("val/") for p, _ in m.test)
+    full = splits_for(DataConfig(root=str(tmp_path), format="imagenet", shots=2, val_fraction=0.2))
+    assert len(full.val) == 6 and "carved 0.2 per class" in full.info["val_source"]
+
+
+def test_imagenet_repeated_names_get_their_wordnet_id(tmp_path):
+    write_imagenet_tree(tmp_path, names=("crane", "crane", "shark"))
+    assert read_imagenet(tmp_path).classes == ["crane (n01440764)", "crane (n01443537)", "shark"]
+
+
+def test_simclr_subset_file(tmp_path):
+    write_imagenet_tree(tmp_path)
+    listed = ["n01440764_train3.JPEG", "n01443537_train0.JPEG", "n01443537_train7.JPEG", "n01484850_train9.JPEG"]
+    (tmp_path / "1percent.txt").write_text("\n".join(listed) + "\n")
+    cfg = DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.01, low_shot="file",
+                     subset_file=str(tmp_path / "1percent.txt"), val_shots="coop")
+    m = splits_for(cfg)
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in m.labeled) == sorted(listed)
+    assert not {p for p, _ in m.val} & {p for p, _ in m.labeled}
+    assert len(m.labeled) + len(m.unlabeled) + len(m.val) == 30
+    assert m.info["protocol"].startswith("imagenet subset-file")
+    (tmp_path / "1percent.txt").write_text("n09999999_1.JPEG\n")
+    with pytest.raises(ValueError, match="1 of the 1 images in .* are not in the training pool"):
+        splits_for(cfg)
+    with pytest.raises(ConfigError, match="needs data.subset_file"):
+        DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.01, low_shot="file")
+
+
+def test_authors_balanced_subset(tmp_path):
+    write_imagenet_tree(tmp_path, per_class={"train": 10, "val": 1})
+    cfg = DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.2, low_shot="authors", val_fraction=0.0)
+    m = splits_for(cfg)
+    assert {y: len(v) for y, v in by_class(m.labeled).items()} == {0: 2, 1: 2, 2: 2}  # 20% of the mean class size
+    assert splits_for(dataclasses.replace(cfg, split_seed=7)).labeled == m.labeled  # seed 13, fixed
+    assert f"seed{AUTHORS_SUBSET_SEED}" in m.info["protocol"]
+    with pytest.raises(ConfigError, match="needs a benchmark data.format"):
+        DataConfig(root=str(tmp_path), shots=None, fraction=0.2, low_shot="authors")
+
+
+def test_templates_follow_the_dataset():
+    assert templates_for("auto", "dtd") == "dtd" and get_templates(templates_for("auto", "dtd")) == ("{} texture.",)
+    assert templates_for("auto", "imagenet") == "imagenet" and len(get_templates("imagenet")) == 7
+    assert templates_for("auto", None) == "default" and get_templates("auto") == ("a photo of a {}.",)
+    assert templates_for("eurosat", "dtd") == "eurosat"  # an explicit set wins
+
+
+def test_protocol_manifest_over_pools_keeps_labels(tmp_path):
+    root = write_coop_tree(tmp_path)
+    m = protocol_manifest(read_coop(root, "dtd"), coop(root, shots=3))
+    for rel, y in m.labeled + m.unlabeled + m.val + m.test:
+        assert rel.split("/")[0] == m.classes[y]
+
+
+def test_training_on_a_coop_benchmark(tiny_cfg, tmp_path):
+    from dho.checkpoint import load_metadata
+    from dho.train import train
+
+    root = write_coop_tree(tmp_path / "data")
+    cfg = tiny_cfg.override({"data.root": str(root), "data.format": "coop", "data.dataset": "dtd",
+                             "data.val_shots": "coop", "optim.epochs": 2})
+    result = train(cfg)
+    meta = load_metadata(result.run_dir / "checkpoint")
+    assert meta["classes"] == ["banded", "braided", "cracked"]
+    assert meta["templates"] == ["{} texture."]  # teacher.templates=auto follows data.dataset
+    saved = SplitManifest.load(result.run_dir / "splits.json")
+    assert len(saved.labeled) == 6 and len(saved.val) == 6 and len(saved.test) == 6
+
