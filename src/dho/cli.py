@@ -141,11 +141,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import checkpoint_logits, score
 
     logits, meta, student = checkpoint_logits(args.checkpoint, args.split, args.data, with_teacher=args.teacher,
-                                              device=args.device, progress=_progress())
+                                              device=args.device, progress=_progress(), variant=args.variant)
     alpha = student.alpha if args.alpha is None else args.alpha
     beta = student.beta if args.beta is None else args.beta
-    scores = {"alpha": alpha, "beta": beta, "split": args.split, **score(logits, alpha, beta)}
-    _print_scores(f"{args.checkpoint} on {args.data or args.split} (alpha={alpha:.2f}, beta={beta:.2f})", scores)
+    scores = {"alpha": alpha, "beta": beta, "split": args.variant or args.split, **score(logits, alpha, beta)}
+    where = f"{args.variant} at {args.data}" if args.variant else args.data or args.split
+    _print_scores(f"{args.checkpoint} on {where} (alpha={alpha:.2f}, beta={beta:.2f})", scores)
     _write_json(args.out, "eval.json", scores)
     return 0
 
@@ -367,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of each head, the mix and (with --teacher) the teacher")
     checkpoint_args(p, "test")
     p.add_argument("--teacher", action="store_true", help="also score the teacher (rebuilt from the checkpoint's config)")
+    p.add_argument("--variant", choices=("imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a"),
+                   help="--data is this ImageNet test set (R and A: scored on their 200 classes)")
     p.add_argument("--alpha", type=float, help="override the checkpoint's alpha")
     p.add_argument("--beta", type=float, help="override the checkpoint's beta")
     p.set_defaults(func=cmd_eval)

@@ -82,10 +82,19 @@ def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = 
     return out
 
 
-def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None):
-    """The manifest and items to evaluate: a folder given by the user, or a split of the run."""
+def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None,
+                     variant: str | None = None):
+    """The manifest and items to evaluate: a folder given by the user (an ImageNet ``variant``
+    such as imagenet-r when named), or a split of the run."""
     from .data.splits import SplitManifest, folder_manifest
 
+    if variant is not None:
+        from .data.variants import variant_manifest
+
+        if data is None:
+            raise ValueError(f"name the {variant} folder with --data DIR")
+        manifest = variant_manifest(variant, data, meta["classes"])
+        return manifest, manifest.test
     if data is not None:
         root = Path(data)
         root = root / split if (root / split).is_dir() else root
@@ -106,16 +115,18 @@ def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str |
 
 def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | Path | None = None, *,
                       with_teacher: bool = False, device: str = "cpu", batch_size: int = 256,
-                      progress: bool = False) -> tuple[SplitLogits, dict, DualHeadStudent]:
-    """Logits of a saved student (and optionally its teacher) on a split of its run or a folder."""
+                      progress: bool = False, variant: str | None = None) -> tuple[SplitLogits, dict, DualHeadStudent]:
+    """Logits of a saved student (and optionally its teacher) on a split of its run or a folder.
+    On a class-subset test set (ImageNet-R / -A) the other classes' logits are -inf."""
     from .checkpoint import load_metadata, load_student
     from .config import RunConfig
     from .data import EvalViews, ImageStore
+    from .data.variants import mask_logits
     from .teachers import build_teacher
 
     meta = load_metadata(checkpoint)
     student = load_student(checkpoint, device=device)
-    manifest, items = checkpoint_split(checkpoint, meta, split, data)
+    manifest, items = checkpoint_split(checkpoint, meta, split, data, variant)
     teacher = None
     if with_teacher:
         run_cfg = RunConfig.from_dict(meta["config"])
@@ -124,6 +135,8 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
     views = EvalViews(ImageStore(manifest, items, in_memory=False), student.preprocess.size)
     logits = collect_logits(views, student, teacher, batch_size=batch_size, device=device, progress=progress, desc=split)
+    subset = manifest.info.get("class_subset")
+    logits = SplitLogits(logits.labels, *(mask_logits(t, subset) for t in (logits.ce, logits.kd, logits.teacher)))
     return logits, meta, student
 
 
