@@ -204,6 +204,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import load_metadata
+    from .released import import_checkpoint, read_class_names
+
+    out = import_checkpoint(args.file, args.out, args.arch, read_class_names(args.classes),
+                            alpha_convention=args.alpha_convention)
+    meta = load_metadata(out)
+    print(f"wrote {out}: {args.arch} student, {len(meta['classes'])} classes, alpha={meta['alpha']:.2f} "
+          f"(the file's {meta['imported']['alpha_in_file']:.2f}, {args.alpha_convention} convention), beta={meta['beta']:.2f}")
+    return 0
+
+
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluate import zeroshot_accuracy
@@ -416,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="PNG path (default RUN/tsne_SPLIT.png)")
     p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("import-checkpoint", help="convert a DHO authors' .pt student into a dho checkpoint")
+    p.add_argument("file", help="the authors' checkpoint (model_state_dict, alpha, beta)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--arch", required=True, help="its torchvision backbone: resnet18, resnet50 (DINO), mobilenet_v2")
+    p.add_argument("--classes", required=True, help="class names in label order: a text file (one a line), "
+                   "a dho splits.json or a CoOp split_zhou_*.json")
+    p.add_argument("--alpha-convention", choices=("authors", "ours"), default="authors",
+                   help="authors (default): their alpha weighs the KD head, so ours = 1 - theirs")
+    p.set_defaults(func=cmd_import_checkpoint)
 
     p = sub.add_parser("zeroshot", help="the teacher's zero-shot accuracy on a split")
     p.add_argument("--config")

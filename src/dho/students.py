@@ -105,8 +105,14 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
             raise RuntimeError(f"could not fetch torchvision weights for {name!r} ({type(err).__name__}); "
                                "offline, pass student.weights=/path/to/weights") from None
         raise
-    if weights:
-        model.load_state_dict(load_weights_file(weights))
+    if weights:  # a file without the ImageNet classifier (e.g. self-supervised DINO weights) is fine
+        head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        result = model.load_state_dict(load_weights_file(weights), strict=False)
+        missing = set(result.missing_keys) - {f"{head}.weight", f"{head}.bias"}
+        if missing or result.unexpected_keys:
+            wrong = sorted(missing) or sorted(result.unexpected_keys)
+            raise ValueError(f"{weights} does not fit torchvision's {name}: {len(missing)} keys missing, "
+                             f"{len(result.unexpected_keys)} unexpected (e.g. {wrong[0]!r})")
     num_features = _strip_classifier(model, name)
     return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "timm_kwargs": {}}
 

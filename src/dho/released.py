@@ -1,0 +1,125 @@
+"""The DHO authors' released student checkpoints, converted to this project's format.
+
+Their files are torch dicts: ``model_state_dict`` (keys possibly prefixed ``module.`` by
+DistributedDataParallel), ``alpha``, ``beta`` and sometimes ``epoch`` / ``acc``. The students this reads are
+``backbone`` (a torchvision model's children up to, not including, the classifier, as an
+``nn.Sequential``, so its keys are numbered) plus linear ``ce_head`` and ``kd_head``. Files are
+read with ``torch.load(..., weights_only=True)``: nothing in them is executed. Their CLIP
+image-tower students (low-shot ImageNet; a cosine KD head whose bias is scaled by 100 too) are
+refused with a clear error: there is no CLIP-tower student here yet.
+
+Their scripts for the small datasets and ImageNet few-shot mix the heads as
+``(1 - a) * softmax(ce) + a * softmax(kd / beta)``, so their ``a`` is ``1 - alpha`` here; the
+default conversion says so (``alpha_convention="authors"``). Their low-shot script fixes
+``a = 0.5`` with the other reading, where both conventions agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import save_checkpoint
+from .config import StudentConfig
+from .students import DualHeadStudent, build_student
+
+__all__ = ["import_checkpoint", "read_class_names"]
+
+log = logging.getLogger(__name__)
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names in label order from a text file (one a line), a dho split manifest
+    (``splits.json``) or a CoOp split file (``split_zhou_<Name>.json``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {str(path)!r} does not exist")
+    if path.suffix != ".json":
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("classes"), list):
+        return [str(c) for c in data["classes"]]
+    try:
+        names = {int(y): str(c) for key in ("train", "val", "test") for _, y, c in data[key]}
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path} is neither a dho split manifest nor a CoOp split file") from None
+    return [names[i] for i in range(len(names))]
+
+
+def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _convert_keys(state: dict[str, Tensor], student: DualHeadStudent) -> dict[str, Tensor]:
+    """Their numbered ``backbone.<i>.`` keys -> our named ones: child i of their Sequential is the
+    i-th child of the torchvision model."""
+    names = [name for name, _ in student.backbone.named_children()]
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "backbone" and len(parts) > 2 and parts[1].isdigit():
+            i = int(parts[1])
+            if i >= len(names):
+                raise ValueError(f"checkpoint key {key!r} has no counterpart in the {student.spec['backbone']} backbone")
+            key = ".".join(["backbone", names[i], *parts[2:]])
+        out[key] = value
+    return out
+
+
+def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: list[str], *,
+                      alpha_convention: str = "authors", source: str = "torchvision") -> Path:
+    """Convert the authors' ``.pt`` student at ``path`` into a dho checkpoint directory ``out``.
+    ``arch`` is the torchvision backbone it was trained with (resnet18, resnet50 for the DINO
+    ResNet-50, mobilenet_v2); ``classes`` its class names in label order."""
+    if alpha_convention not in ("authors", "ours"):
+        raise ValueError(f"alpha convention {alpha_convention!r} is not one of authors, ours")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle errors of many kinds
+        raise ValueError(f"{path} cannot be read as a plain torch checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:120]})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_state_dict"), dict):
+        raise ValueError(f"{path} has no model_state_dict: not one of the DHO authors' checkpoints")
+    state = _strip_prefix(raw["model_state_dict"])
+    for head in ("ce_head", "kd_head"):
+        if f"{head}.weight" not in state:
+            raise ValueError(f"{path} has no {head}.weight: not a dual-head student")
+    if any(k.startswith(("backbone.transformer.", "backbone.class_embedding", "backbone.attnpool.")) for k in state):
+        raise ValueError(f"{path} is a CLIP image-tower student (the low-shot ImageNet setting); "
+                         "dho has no CLIP-tower students yet, so it cannot be imported")
+    num_classes, num_features = state["ce_head.weight"].shape
+    if num_classes != len(classes):
+        raise ValueError(f"the checkpoint's heads have {num_classes} classes, the class list {len(classes)}")
+    student = build_student(StudentConfig(backbone=arch, source=source), classes)
+    if student.spec["num_features"] != num_features:
+        raise ValueError(f"{arch} has {student.spec['num_features']} features, the checkpoint's heads read "
+                         f"{num_features}: pass the --arch it was trained with")
+    converted = _convert_keys(state, student)
+    expected = student.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    if missing or unexpected:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise ValueError(f"{path} does not fit a {arch} student: {len(missing)} keys missing, "
+                         f"{len(unexpected)} unexpected ({first})")
+    for key, value in converted.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, a {arch} student {tuple(expected[key].shape)}")
+    student.load_state_dict(converted, strict=True)
+    theirs = float(raw.get("alpha", 0.5))
+    student.alpha = 1.0 - theirs if alpha_convention == "authors" else theirs
+    student.beta = float(raw.get("beta", 1.0))
+    imported = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "alpha_in_file": theirs, "alpha_convention": alpha_convention,
+                **{k: raw[k] for k in ("epoch", "acc") if isinstance(raw.get(k), (int, float))}}
+    log.info("imported %s: %s student, %d classes, alpha=%.2f (file: %.2f, %s convention), beta=%.2f",
+             path, arch, num_classes, student.alpha, theirs, alpha_convention, student.beta)
+    return save_checkpoint(student, out, imported=imported)
