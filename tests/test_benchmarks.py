@@ -202,3 +202,15 @@ def test_training_on_a_coop_benchmark(tiny_cfg, tmp_path):
     saved = SplitManifest.load(result.run_dir / "splits.json")
     assert len(saved.labeled) == 6 and len(saved.val) == 6 and len(saved.test) == 6
 
+
+def test_paper_presets_load():
+    from pathlib import Path
+
+    from dho.config import load_config
+
+    presets = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
+    assert len(presets) == 12
+    for path in presets:
+        cfg = load_config(path)
+        assert path.read_text().startswith("# paper, ") and "Expected" in path.read_text()
+        assert cfg.data.format in ("coop", "fgvc", "imagenet") and cfg.teacher.templates == "auto"
