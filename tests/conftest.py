@@ -154,3 +154,21 @@ def write_imagenet_tree(root: Path, wnids: tuple[str, ...] = ("n01440764", "n014
                 n += 1
     (root / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in zip(wnids, names)))
     return root
+
+
+TINY_CLIP = {"embed_dim": 16, "quick_gelu": True,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+             "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip architecture (16-d embeddings, 32 px) registered as 'dho-tiny-clip'."""
+    import json
+
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clip-configs")
+    (folder / "dho-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(folder)
+    return "dho-tiny-clip"

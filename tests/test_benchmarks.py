@@ -209,7 +209,7 @@ def test_paper_presets_load():
     from dho.config import load_config
 
     presets = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
-    assert len(presets) == 12
+    assert len(presets) == 14
     for path in presets:
         cfg = load_config(path)
         assert path.read_text().startswith("# paper, ") and "Expected" in path.read_text()

@@ -72,11 +72,6 @@ def test_import_errors(tmp_path):
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="has no model_state_dict"):
         import_checkpoint(tmp_path / "other.pt", tmp_path / "out", "resnet18", CLASSES)
-    clip = {"module.backbone.class_embedding": torch.zeros(8), "module.ce_head.weight": torch.zeros(3, 8),
-            "module.kd_head.weight": torch.zeros(3, 8)}
-    torch.save({"model_state_dict": clip, "alpha": 0.5, "beta": 0.5}, tmp_path / "clip.pt")
-    with pytest.raises(ValueError, match="CLIP image-tower student"):
-        import_checkpoint(tmp_path / "clip.pt", tmp_path / "out", "resnet18", CLASSES)
     torch.save({"model_state_dict": {"x": torch.zeros(1)}, "fn": print}, tmp_path / "code.pt")
     with pytest.raises(ValueError, match="cannot be read as a plain torch checkpoint"):  # weights_only refuses code
         import_checkpoint(tmp_path / "code.pt", tmp_path / "out", "resnet18", CLASSES)
@@ -115,3 +110,25 @@ def test_torchvision_weights_without_a_classifier_load(tmp_path):
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="1 unexpected"):
         build_student(StudentConfig(backbone="resnet18", source="torchvision", weights=str(tmp_path / "bad.pth")), CLASSES)
+
+
+def test_clip_tower_student_is_imported_with_a_cosine_kd_head(tmp_path, tiny_clip):
+    import open_clip
+
+    torch.manual_seed(0)
+    tower = open_clip.create_model(tiny_clip).visual.eval()
+    ce, kd = nn.Linear(16, 3), nn.Linear(16, 3)
+    state = {**{f"module.backbone.{k}": v for k, v in tower.state_dict().items()},
+             **{f"module.ce_head.{k}": v for k, v in ce.state_dict().items()},
+             **{f"module.kd_head.{k}": v for k, v in kd.state_dict().items()}}
+    torch.save({"model_state_dict": state, "alpha": 0.5, "beta": 0.5}, tmp_path / "vit.pt")
+    import_checkpoint(tmp_path / "vit.pt", tmp_path / "out", tiny_clip, CLASSES, image_size=32)
+    ours = load_student(tmp_path / "out")
+    assert ours.spec["source"] == "open_clip" and ours.spec["kd_head"] == "cosine"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        z = tower(ours.preprocess(x))
+        out = ours(x)
+    torch.testing.assert_close(out.ce_logits, ce(z), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.kd_logits, kd(F.normalize(z, dim=-1)) * 100, rtol=1e-4, atol=1e-3)  # their KD head
+    assert ours.preprocess.describe()["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])

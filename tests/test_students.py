@@ -55,3 +55,31 @@ def test_predict_accepts_tensors_and_files(synth_root):
     torch.testing.assert_close(by_path.probs.sum(-1), torch.ones(3))
     top2 = student.predict(files, topk=2)
     assert top2.indices.shape == (3, 2) and all(len(x) == 2 for x in top2.labels)
+
+
+def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip):
+    from dho.checkpoint import load_student
+    from dho.students import student_text_embeddings
+    from dho.train import _build_student, train
+
+    cfg = tiny_cfg.override({"student.backbone": tiny_clip, "student.kd_head": "cosine", "student.language_init": True,
+                             "optim.epochs": 2})  # the synthetic teacher's 64-d embeddings do not fit the 16-d tower
+    student = build_student(StudentConfig(backbone=tiny_clip, source="open_clip", image_size=32), ["a", "b"])
+    assert student.spec["source"] == "open_clip" and student.spec["num_features"] == 16
+
+    class Prompts:  # what _build_student reads from a teacher
+        class_embeddings = torch.zeros(4, 64)
+        templates = ("a photo of a {}.",)
+
+    classes = ["w", "x", "y", "z"]
+    torch.manual_seed(1)  # the tiny tower is random: the same seed gives the same text tower
+    own = student_text_embeddings(cfg.student, classes, Prompts.templates)
+    assert own.shape == (4, 16)
+    torch.manual_seed(1)
+    built = _build_student(cfg, Prompts, classes)  # the heads start from the tower's own text embeddings
+    torch.testing.assert_close(built.ce_head.weight, own)
+    torch.testing.assert_close(built.kd_head.weight, own)
+    result = train(cfg)
+    reloaded = load_student(result.run_dir / "checkpoint")
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(reloaded.predict(x).probs, result.student.predict(x).probs)

@@ -209,7 +209,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from .released import import_checkpoint, read_class_names
 
     out = import_checkpoint(args.file, args.out, args.arch, read_class_names(args.classes),
-                            alpha_convention=args.alpha_convention)
+                            alpha_convention=args.alpha_convention, image_size=args.image_size)
     meta = load_metadata(out)
     print(f"wrote {out}: {args.arch} student, {len(meta['classes'])} classes, alpha={meta['alpha']:.2f} "
           f"(the file's {meta['imported']['alpha_in_file']:.2f}, {args.alpha_convention} convention), beta={meta['beta']:.2f}")
@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-checkpoint", help="convert a DHO authors' .pt student into a dho checkpoint")
     p.add_argument("file", help="the authors' checkpoint (model_state_dict, alpha, beta)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--arch", required=True, help="its torchvision backbone: resnet18, resnet50 (DINO), mobilenet_v2")
+    p.add_argument("--arch", required=True, help="its backbone: resnet18, resnet50 (DINO), mobilenet_v2, "
+                   "or a CLIP tower's open_clip name (ViT-B-16-quickgelu, ViT-L-14-quickgelu, ...)")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="its input size (default 224; 336 for ViT-L/14-336)")
     p.add_argument("--classes", required=True, help="class names in label order: a text file (one a line), "
                    "a dho splits.json or a CoOp split_zhou_*.json")
     p.add_argument("--alpha-convention", choices=("authors", "ours"), default="authors",

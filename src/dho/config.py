@@ -102,10 +102,11 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """The student backbone (timm or torchvision short name) and its two heads."""
+    """The student backbone (a timm, torchvision or open_clip name) and its two heads. An open_clip
+    student is the model's image tower; ``pretrained`` loads OpenAI's weights, ``weights`` a tag or file."""
 
     backbone: str = "resnet18"
-    source: Literal["auto", "timm", "torchvision"] = "auto"
+    source: Literal["auto", "timm", "torchvision", "open_clip"] = "auto"  # open_clip: a CLIP image tower
     pretrained: bool = False
     weights: str | None = None  # local weights file for the backbone (safetensors or .pt)
     image_size: int = 224
@@ -118,7 +119,7 @@ class StudentConfig:
     freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
 
     def __post_init__(self) -> None:
-        _check_choice("student.source", self.source, ("auto", "timm", "torchvision"))
+        _check_choice("student.source", self.source, ("auto", "timm", "torchvision", "open_clip"))
         _check_choice("student.ce_head", self.ce_head, HEAD_KINDS)
         _check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
         _check_positive("student.image_size", self.image_size)

@@ -3,10 +3,10 @@
 Their files are torch dicts: ``model_state_dict`` (keys possibly prefixed ``module.`` by
 DistributedDataParallel), ``alpha``, ``beta`` and sometimes ``epoch`` / ``acc``. The students this reads are
 ``backbone`` (a torchvision model's children up to, not including, the classifier, as an
-``nn.Sequential``, so its keys are numbered) plus linear ``ce_head`` and ``kd_head``. Files are
-read with ``torch.load(..., weights_only=True)``: nothing in them is executed. Their CLIP
-image-tower students (low-shot ImageNet; a cosine KD head whose bias is scaled by 100 too) are
-refused with a clear error: there is no CLIP-tower student here yet.
+``nn.Sequential``, so its keys are numbered) plus linear ``ce_head`` and ``kd_head``; or, in the
+low-shot ImageNet setting, a CLIP image tower (the same key names as open_clip's) whose KD head
+is ``100 * (W normalize(z) + b)``: a cosine head here, with the bias multiplied by 100. Files are
+read with ``torch.load(..., weights_only=True)``: nothing in them is executed.
 
 Their scripts for the small datasets and ImageNet few-shot mix the heads as
 ``(1 - a) * softmax(ce) + a * softmax(kd / beta)``, so their ``a`` is ``1 - alpha`` here; the
@@ -72,10 +72,12 @@ def _convert_keys(state: dict[str, Tensor], student: DualHeadStudent) -> dict[st
 
 
 def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: list[str], *,
-                      alpha_convention: str = "authors", source: str = "torchvision") -> Path:
+                      alpha_convention: str = "authors", source: str = "torchvision", image_size: int = 224) -> Path:
     """Convert the authors' ``.pt`` student at ``path`` into a dho checkpoint directory ``out``.
-    ``arch`` is the torchvision backbone it was trained with (resnet18, resnet50 for the DINO
-    ResNet-50, mobilenet_v2); ``classes`` its class names in label order."""
+    ``arch`` is the backbone it was trained with: torchvision's resnet18, resnet50 (the DINO
+    ResNet-50) or mobilenet_v2, or for a CLIP image tower the open_clip name (OpenAI's towers use
+    QuickGELU: ViT-B-16-quickgelu, ViT-L-14-quickgelu, ...); ``classes`` its class names in label
+    order; ``image_size`` its input size (336 for ViT-L-14-336)."""
     if alpha_convention not in ("authors", "ours"):
         raise ValueError(f"alpha convention {alpha_convention!r} is not one of authors, ours")
     path = Path(path).expanduser()
@@ -92,13 +94,16 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
     for head in ("ce_head", "kd_head"):
         if f"{head}.weight" not in state:
             raise ValueError(f"{path} has no {head}.weight: not a dual-head student")
-    if any(k.startswith(("backbone.transformer.", "backbone.class_embedding", "backbone.attnpool.")) for k in state):
-        raise ValueError(f"{path} is a CLIP image-tower student (the low-shot ImageNet setting); "
-                         "dho has no CLIP-tower students yet, so it cannot be imported")
+    clip = any(k.startswith(("backbone.transformer.", "backbone.class_embedding", "backbone.attnpool.")) for k in state)
     num_classes, num_features = state["ce_head.weight"].shape
     if num_classes != len(classes):
         raise ValueError(f"the checkpoint's heads have {num_classes} classes, the class list {len(classes)}")
-    student = build_student(StudentConfig(backbone=arch, source=source), classes)
+    if clip:  # their KD head: 100 * (W normalize(z) + b) = our cosine head with zeta 0.01 and bias 100 b
+        cfg = StudentConfig(backbone=arch, source="open_clip", kd_head="cosine", zeta=0.01, image_size=image_size)
+        state = {**state, "kd_head.bias": state["kd_head.bias"] / cfg.zeta}
+    else:
+        cfg = StudentConfig(backbone=arch, source=source, image_size=image_size)
+    student = build_student(cfg, classes)
     if student.spec["num_features"] != num_features:
         raise ValueError(f"{arch} has {student.spec['num_features']} features, the checkpoint's heads read "
                          f"{num_features}: pass the --arch it was trained with")
@@ -120,6 +125,8 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
     imported = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "alpha_in_file": theirs, "alpha_convention": alpha_convention,
                 **{k: raw[k] for k in ("epoch", "acc") if isinstance(raw.get(k), (int, float))}}
+    if clip:
+        imported["kd_head"] = "cosine (their bias x 100)"
     log.info("imported %s: %s student, %d classes, alpha=%.2f (file: %.2f, %s convention), beta=%.2f",
              path, arch, num_classes, student.alpha, theirs, alpha_convention, student.beta)
     return save_checkpoint(student, out, imported=imported)

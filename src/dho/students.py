@@ -1,4 +1,5 @@
-"""Students: a timm or torchvision backbone by short name plus the two heads (METHOD.md 3)."""
+"""Students: a timm, torchvision or open_clip (CLIP image tower) backbone by short name plus the
+two heads (METHOD.md 3)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from .heads import HeadOutput, TextHead, build_head, init_head_from_embeddings
 from .mixing import mix_probs
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
-__all__ = ["DualHeadStudent", "Prediction", "build_student", "create_backbone", "load_weights_file"]
+__all__ = ["DualHeadStudent", "Prediction", "build_student", "clip_student", "create_backbone", "load_weights_file",
+           "student_text_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,11 @@ def _resolve_source(name: str, source: str) -> str:
         return "timm"
     if name in torchvision.models.list_models():
         return "torchvision"
-    known = timm.list_models() + torchvision.models.list_models()
+    import open_clip
+
+    if name in open_clip.list_models():
+        return "open_clip"
+    known = timm.list_models() + torchvision.models.list_models() + open_clip.list_models()
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"unknown student backbone {name!r}{hint}")
@@ -74,6 +80,8 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
     """A feature extractor returning pooled features [B, D], its D, and its normalisation
     (``{"mean", "std", "timm_kwargs"}``; the latter rebuilds the same architecture later)."""
     source = _resolve_source(name, source)
+    if source == "open_clip":
+        return _clip_image_tower(name, pretrained, weights)
     if source == "timm":
         import timm
 
@@ -115,6 +123,35 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
                              f"{len(result.unexpected_keys)} unexpected (e.g. {wrong[0]!r})")
     num_features = _strip_classifier(model, name)
     return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "timm_kwargs": {}}
+
+
+def _clip_image_tower(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, int, dict]:
+    """An open_clip model's image tower: features are its projected embedding [B, output_dim].
+    Weights: ``weights`` (an open_clip tag or a local file), OpenAI's with ``pretrained``, else random.
+    OpenAI's weights want the QuickGELU variants (e.g. ViT-B-16-quickgelu)."""
+    import open_clip
+
+    from .teachers.openclip import create_clip_model
+
+    model = create_clip_model(name, weights or ("openai" if pretrained else None))
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    visual = model.visual
+    return visual, int(visual.output_dim), {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "timm_kwargs": {}}
+
+
+def clip_student(cfg: StudentConfig) -> bool:
+    """Whether the student is a CLIP image tower (open_clip)."""
+    return _resolve_source(cfg.backbone, cfg.source) == "open_clip"
+
+
+def student_text_embeddings(cfg: StudentConfig, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """A CLIP student's own zero-shot class embeddings [C, D] from its text tower and ``templates``:
+    the language-aware head init of the paper's VLM students (their dimension is the tower's)."""
+    from .teachers.openclip import OpenClipTeacher
+
+    text = OpenClipTeacher(cfg.backbone, cfg.weights or ("openai" if cfg.pretrained else None))
+    text.set_classes(classnames, templates)
+    return text.class_embeddings.detach().cpu()
 
 
 def _strip_classifier(model: nn.Module, name: str) -> int:

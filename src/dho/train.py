@@ -42,7 +42,12 @@ from .optim import build_optimizer, build_scheduler
 from .precision import autocast, resolve_precision
 from .state import TrainState, discard_state, load_state, save_state
 from .stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
-from .students import DualHeadStudent, build_student
+from .students import (
+    DualHeadStudent,
+    build_student,
+    clip_student,
+    student_text_embeddings,
+)
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
@@ -156,6 +161,8 @@ def write_mixing_grid(path: Path, val_logits) -> None:
 def _build_student(cfg: RunConfig, teacher: Teacher, classes: list[str]) -> DualHeadStudent:
     spec = METHOD_SPECS[cfg.loss.method]
     embeddings = teacher.class_embeddings.cpu()
+    if cfg.student.language_init and not spec.projector and clip_student(cfg.student):
+        embeddings = student_text_embeddings(cfg.student, classes, teacher.templates)
     return build_student(cfg.student, classes, dual_head=spec.dual_head, class_embeddings=embeddings,
                          projector_dim=embeddings.shape[1] if spec.projector else None,
                          text_head=cfg.loss.method == "kd_feature")

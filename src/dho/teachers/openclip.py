@@ -11,7 +11,7 @@ from torch import Tensor
 from ..preprocess import Preprocess
 from .base import Teacher
 
-__all__ = ["OpenClipTeacher"]
+__all__ = ["OpenClipTeacher", "create_clip_model"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class OpenClipTeacher(Teacher):
     ) -> None:
         import open_clip
 
-        model = _create(open_clip, model_name, pretrained)
+        model = create_clip_model(model_name, pretrained)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         native = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -53,9 +53,12 @@ class OpenClipTeacher(Teacher):
         return self.model.encode_text(self.tokenizer(texts).to(device))
 
 
-def _create(open_clip, model_name: str, pretrained: str | None) -> torch.nn.Module:
+def create_clip_model(model_name: str, pretrained: str | None) -> torch.nn.Module:
+    """An open_clip model by name with weights from a tag or a local file (random without either)."""
+    import open_clip
+
     if pretrained and not Path(pretrained).is_file() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
-        raise FileNotFoundError(f"teacher checkpoint {pretrained!r} does not exist")
+        raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
     try:
         return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained))
     except RuntimeError as err:
@@ -66,6 +69,6 @@ def _create(open_clip, model_name: str, pretrained: str | None) -> torch.nn.Modu
         if pretrained and not Path(pretrained).is_file():
             raise RuntimeError(
                 f"could not fetch open_clip weights {model_name}/{pretrained} ({type(err).__name__}); "
-                "offline, pass a local checkpoint file as teacher.pretrained=/path/to/weights"
+                "offline, pass a local checkpoint file (teacher.pretrained= or student.weights=)"
             ) from None
         raise
