@@ -127,3 +127,23 @@ def test_cpu_chunked_forward_matches_whole_batch(rn50_teacher, monkeypatch):
     assert calls == [4, 4, 3, 11]
     torch.testing.assert_close(chunked.features, whole.features, rtol=0, atol=1e-5)
     torch.testing.assert_close(chunked.logits, whole.logits, rtol=0, atol=1e-3)
+
+
+def test_vit_teacher_at_another_size_interpolates_its_positional_embeddings(tmp_path, tiny_clip):
+    """A CLIP ViT teacher asked for a non-native input size is built for it, and its pretrained
+    positional embeddings are interpolated to the new grid; a CLIP ResNet refuses."""
+    import open_clip
+
+    torch.manual_seed(0)
+    native = open_clip.create_model(tiny_clip)
+    torch.save(native.state_dict(), tmp_path / "tiny.pt")
+    teacher = build_teacher(TeacherConfig(kind="openclip", model=tiny_clip, pretrained=str(tmp_path / "tiny.pt"),
+                                          image_size=48, templates="a {}"), CLASSES)
+    grid = teacher.model.visual.positional_embedding
+    assert teacher.image_size == 48 and grid.shape[0] == (48 // 16) ** 2 + 1
+    assert torch.equal(grid[0], native.visual.positional_embedding[0])  # the class token's embedding is kept
+    out = teacher(torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8))
+    assert out.logits.shape == (2, len(CLASSES))
+    assert torch.isfinite(out.logits).all()
+    with pytest.raises(ValueError, match="runs only at its native 224 px"):
+        build_teacher(TeacherConfig(kind="openclip", model="RN50", image_size=160), CLASSES)

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..preprocess import Preprocess
 from .base import Teacher
 
-__all__ = ["OpenClipTeacher", "create_clip_model"]
+__all__ = ["OpenClipTeacher", "clip_vision_size", "create_clip_model"]
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,21 @@ class OpenClipTeacher(Teacher):
     ) -> None:
         import open_clip
 
-        model = create_clip_model(model_name, pretrained)
+        native, resnet = clip_vision_size(model_name)
+        resize = image_size is not None and native is not None and image_size != native
+        if resize and resnet:
+            raise ValueError(f"teacher {model_name} (a CLIP ResNet, fixed attention-pool grid) runs only at its native "
+                             f"{native} px, not teacher.image_size={image_size}")
+        model = create_clip_model(model_name, pretrained, image_size if resize else None)
+        if resize:
+            log.info("teacher %s at %d px: positional embeddings interpolated from its native %d px",
+                     model_name, image_size, native)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
-        native = int(size[0] if isinstance(size, (tuple, list)) else size)
-        if image_size is not None and image_size != native:
-            log.warning("teacher %s runs at %d px, not its native %d px", model_name, image_size, native)
-        super().__init__(Preprocess(cfg["mean"], cfg["std"], image_size or native), zeta=zeta)
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        if image_size is not None and image_size != size:
+            log.warning("teacher %s runs at %d px, not the %d px it was built for", model_name, image_size, size)
+        super().__init__(Preprocess(cfg["mean"], cfg["std"], image_size or size), zeta=zeta)
         self.model = model
         self.tokenizer = open_clip.get_tokenizer(model_name)
         tag = Path(pretrained).name if pretrained and Path(pretrained).is_file() else pretrained
@@ -53,14 +61,28 @@ class OpenClipTeacher(Teacher):
         return self.model.encode_text(self.tokenizer(texts).to(device))
 
 
-def create_clip_model(model_name: str, pretrained: str | None) -> torch.nn.Module:
-    """An open_clip model by name with weights from a tag or a local file (random without either)."""
+def clip_vision_size(model_name: str) -> tuple[int | None, bool]:
+    """An open_clip architecture's native input size (None when unknown) and whether its image
+    tower is a ResNet (whose attention pool has a fixed grid)."""
+    import open_clip
+
+    vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
+    size = vision.get("image_size")
+    native = int(size[0] if isinstance(size, (tuple, list)) else size) if size else None
+    return native, isinstance(vision.get("layers"), (tuple, list))
+
+
+def create_clip_model(model_name: str, pretrained: str | None, image_size: int | None = None) -> torch.nn.Module:
+    """An open_clip model by name with weights from a tag or a local file (random without either).
+    ``image_size`` builds a ViT for that input size; open_clip interpolates the pretrained
+    positional embeddings to its grid."""
     import open_clip
 
     if pretrained and not Path(pretrained).is_file() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
+    sized = {"force_image_size": image_size} if image_size else {}
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained))
+        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained), **sized)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from None
