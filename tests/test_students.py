@@ -83,3 +83,25 @@ def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip)
     reloaded = load_student(result.run_dir / "checkpoint")
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(reloaded.predict(x).probs, result.student.predict(x).probs)
+
+
+def test_clip_tower_student_at_another_size_keeps_its_grid_through_a_checkpoint(tmp_path, tiny_clip):
+    """A CLIP ViT student at a non-native input size gets an interpolated positional grid, and its
+    checkpoint rebuilds the same architecture; a CLIP ResNet student refuses another size."""
+    import open_clip
+
+    from dho.checkpoint import load_student, save_checkpoint
+
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(tiny_clip).state_dict(), tmp_path / "tiny.pt")
+    cfg = StudentConfig(backbone=tiny_clip, source="open_clip", image_size=48, weights=str(tmp_path / "tiny.pt"))
+    student = build_student(cfg, ["a", "b"]).eval()
+    assert student.backbone.positional_embedding.shape[0] == (48 // 16) ** 2 + 1
+    assert student.spec["timm_kwargs"] == {"image_size": 48}
+    images = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    save_checkpoint(student, tmp_path / "ckpt", classes=["a", "b"])
+    again = load_student(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(images).ce_logits, student(images).ce_logits)
+    with pytest.raises(ValueError, match="runs only at its native 224 px"):
+        build_student(StudentConfig(backbone="RN50", source="open_clip", image_size=160), ["a", "b"])

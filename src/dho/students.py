@@ -76,12 +76,12 @@ def _local_pretrained(name: str) -> tuple[nn.Module, dict, dict] | None:
 
 
 def create_backbone(name: str, source: str = "auto", pretrained: bool = False, weights: str | None = None,
-                    timm_kwargs: dict | None = None) -> tuple[nn.Module, int, dict]:
+                    timm_kwargs: dict | None = None, image_size: int | None = None) -> tuple[nn.Module, int, dict]:
     """A feature extractor returning pooled features [B, D], its D, and its normalisation
     (``{"mean", "std", "timm_kwargs"}``; the latter rebuilds the same architecture later)."""
     source = _resolve_source(name, source)
     if source == "open_clip":
-        return _clip_image_tower(name, pretrained, weights)
+        return _clip_image_tower(name, pretrained, weights, image_size or (timm_kwargs or {}).get("image_size"))
     if source == "timm":
         import timm
 
@@ -125,18 +125,27 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
     return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "timm_kwargs": {}}
 
 
-def _clip_image_tower(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, int, dict]:
+def _clip_image_tower(name: str, pretrained: bool, weights: str | None,
+                      image_size: int | None = None) -> tuple[nn.Module, int, dict]:
     """An open_clip model's image tower: features are its projected embedding [B, output_dim].
     Weights: ``weights`` (an open_clip tag or a local file), OpenAI's with ``pretrained``, else random.
-    OpenAI's weights want the QuickGELU variants (e.g. ViT-B-16-quickgelu)."""
+    OpenAI's weights want the QuickGELU variants (e.g. ViT-B-16-quickgelu). A ViT asked for another
+    ``image_size`` than its native one is built for it (pretrained positional embeddings
+    interpolated); the size is kept with the architecture so a checkpoint rebuilds the same grid."""
     import open_clip
 
-    from .teachers.openclip import create_clip_model
+    from .teachers.openclip import clip_vision_size, create_clip_model
 
-    model = create_clip_model(name, weights or ("openai" if pretrained else None))
+    native, resnet = clip_vision_size(name)
+    resize = bool(image_size and native and image_size != native)
+    if resize and resnet:
+        raise ValueError(f"student {name} (a CLIP ResNet, fixed attention-pool grid) runs only at its native "
+                         f"{native} px, not student.image_size={image_size}")
+    model = create_clip_model(name, weights or ("openai" if pretrained else None), image_size if resize else None)
     cfg = open_clip.get_model_preprocess_cfg(model)
     visual = model.visual
-    return visual, int(visual.output_dim), {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "timm_kwargs": {}}
+    kwargs = {"image_size": int(image_size)} if resize else {}
+    return visual, int(visual.output_dim), {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "timm_kwargs": kwargs}
 
 
 def clip_student(cfg: StudentConfig) -> bool:
@@ -268,7 +277,8 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
     ``projector_dim``: add a linear projector to a teacher feature space of that size (feature KD);
     ``text_head``: h_CE is the frozen cosine classifier over ``class_embeddings`` [C, projector_dim]
     applied to the projector's output (a student trained by feature KD alone predicts so)."""
-    backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights)
+    backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights,
+                                                   image_size=cfg.image_size)
     num_classes = len(classnames)
     projector = nn.Linear(num_features, projector_dim) if projector_dim else None
     if text_head and (projector is None or class_embeddings is None or class_embeddings.shape[-1] != projector_dim):
