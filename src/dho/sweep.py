@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from .atomic import write_file_atomic
 from .config import METHODS, ConfigError, RunConfig
 from .data.splits import SplitManifest
 from .evaluate import SplitLogits, score
@@ -143,13 +144,13 @@ def _row(label: str, shots: int, seed: int, method: str, run_dir: str, results: 
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    write_file_atomic(path, write)
 
 
 def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -> None:

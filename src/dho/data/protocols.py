@@ -188,9 +188,7 @@ def benchmark_manifest(data) -> SplitManifest:
     manifest = protocol_manifest(read_pools(data.format, data.root, data.dataset, data.split_file), data)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        manifest.save(tmp)
-        tmp.replace(path)
+        manifest.save(path)
         log.info("wrote the splits to %s", path)
     return manifest
 

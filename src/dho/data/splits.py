@@ -9,6 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import write_file_atomic
 from .folders import list_classes, scan_folder
 
 __all__ = ["SplitManifest", "folder_manifest", "make_splits", "splits_for"]
@@ -40,7 +41,9 @@ class SplitManifest:
         return getattr(self, name)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        """Write the manifest as JSON, atomically (a reader never sees half a file)."""
+        text = json.dumps(asdict(self), indent=1)
+        write_file_atomic(path, lambda p: p.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> SplitManifest:

@@ -19,13 +19,13 @@ logits read back as :data:`MISSING_LOGIT`, whose probability is 0 in float32.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import write_file_atomic
 from .base import TeacherOutput
 
 __all__ = ["MISSING_LOGIT", "TeacherStore"]
@@ -34,12 +34,14 @@ MISSING_LOGIT = -1e4
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as fh:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(fh, array)
+
+
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    text = json.dumps(data, indent=1)
+    write_file_atomic(path, lambda p: p.write_text(text))
 
 
 class TeacherStore:
@@ -106,12 +108,7 @@ class TeacherStore:
             arrays["logits"] = logits.numpy().astype(dtype)
         name = f"{len(self.meta['shards']):05d}"
         for kind, array in arrays.items():
-            tmp = self.path / f".{kind}-{name}.npy.tmp"
-            with tmp.open("wb") as fh:
-                np.save(fh, array)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(self.path / f"{kind}-{name}.npy")
+            write_file_atomic(self.path / f"{kind}-{name}.npy", lambda p, a=array: _save_npy(p, a))
         (self.path / f"keys-{name}.txt").write_text("\n".join(keys[j] for j in fresh))
         meta = {**self.meta, "shards": [*self.meta["shards"], {"name": name, "rows": len(fresh)}]}
         _atomic_json(self.path / "meta.json", meta)
