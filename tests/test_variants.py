@@ -87,3 +87,31 @@ def test_eval_of_a_1000_class_student_on_imagenet_a(tmp_path, capsys):
                "--variant", "imagenet-a", "--out", str(tmp_path / "out")])
     assert rc == 0 and "imagenet-a at" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["n"] == 3
+
+
+def test_eval_on_wordnet_id_folders_without_a_variant(tmp_path):
+    """ImageNet's own val/ tree (WordNet-id folders) scores a student whose classes are names:
+    the ids recorded at training (split info) or, for 1000 classes, the standard order map them."""
+    from dho.checkpoint import save_checkpoint
+    from dho.config import StudentConfig
+    from dho.evaluate import checkpoint_logits
+    from dho.students import build_student
+
+    torch.manual_seed(0)
+    names, wnids = ["goldfish", "tench", "shark"], ["n01443537", "n01440764", "n01491361"]
+    small = build_student(StudentConfig(backbone="resnet18", image_size=32), names)
+    save_checkpoint(small, tmp_path / "small", split={"wnids": wnids})
+    for i, wnid in enumerate(("n01440764", "n01491361")):
+        write_png(tmp_path / "val" / wnid / f"{i}.JPEG", i)
+    logits, _, _ = checkpoint_logits(tmp_path / "small", data=tmp_path, split="val")
+    assert logits.labels.tolist() == [1, 2]  # tench, shark: by the recorded ids, not the folder order
+
+    big = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES)
+    save_checkpoint(big, tmp_path / "big")
+    logits, _, _ = checkpoint_logits(tmp_path / "big", data=tmp_path / "val")
+    ids = imagenet_wnids()
+    assert logits.labels.tolist() == [ids.index("n01440764"), ids.index("n01491361")]
+
+    write_png(tmp_path / "val" / "n99999999" / "x.JPEG", 3)
+    with pytest.raises(ValueError, match="n99999999"):
+        checkpoint_logits(tmp_path / "small", data=tmp_path / "val")

@@ -82,6 +82,17 @@ def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = 
     return out
 
 
+def _wnids(meta: dict) -> list[str] | None:
+    """The WordNet id of each class of an ImageNet student (its folder name on disk): recorded at
+    training, else the standard ImageNet-1k order for a 1000-class student; None otherwise."""
+    from .data.variants import imagenet_wnids
+
+    recorded = (meta.get("split") or {}).get("wnids")
+    if recorded and len(recorded) == len(meta["classes"]):
+        return list(recorded)
+    return imagenet_wnids() if len(meta["classes"]) == 1000 else None
+
+
 def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None,
                      variant: str | None = None):
     """The manifest and items to evaluate: a folder given by the user (an ImageNet ``variant``
@@ -93,12 +104,16 @@ def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str |
 
         if data is None:
             raise ValueError(f"name the {variant} folder with --data DIR")
-        manifest = variant_manifest(variant, data, meta["classes"])
+        manifest = variant_manifest(variant, data, meta["classes"], _wnids(meta))
         return manifest, manifest.test
     if data is not None:
+        from .data.folders import list_classes
+
         root = Path(data)
         root = root / split if (root / split).is_dir() else root
-        manifest = folder_manifest(root, meta["classes"])
+        wnids = _wnids(meta)
+        by_wnid = wnids is not None and not set(list_classes(root)) <= set(meta["classes"])
+        manifest = folder_manifest(root, meta["classes"], wnids if by_wnid else None)
         return manifest, manifest.test
     ckpt = Path(checkpoint)
     run_dir = (ckpt if ckpt.is_dir() else ckpt.parent).parent

@@ -186,12 +186,16 @@ def make_splits(
     return manifest
 
 
-def folder_manifest(root: str | Path, classes: list[str]) -> SplitManifest:
+def folder_manifest(root: str | Path, classes: list[str], folders: list[str] | None = None) -> SplitManifest:
     """Every image of an ImageFolder tree as the ``test`` split, labeled by ``classes`` (a model's
-    class list; the folder may hold a subset of them, never a class the model does not know)."""
+    class list; the folder may hold a subset of them, never a class the model does not know).
+    ``folders`` names each class's sub-folder when it is not the class name (ImageNet's WordNet ids)."""
     root = Path(root)
-    files = scan_folder(root, classes)
-    items = [(p.relative_to(root).as_posix(), i) for i, c in enumerate(classes) for p in files[c]]
+    folders = list(classes) if folders is None else list(folders)
+    if len(folders) != len(classes):
+        raise ValueError(f"{len(folders)} folder names for {len(classes)} classes")
+    files = scan_folder(root, folders)
+    items = [(p.relative_to(root).as_posix(), i) for i, c in enumerate(folders) for p in files[c]]
     if not items:
         raise ValueError(f"no images found under {root}")
     return SplitManifest(str(root.resolve()), list(classes), [], [], [], items, {"test_source": str(root)})

@@ -56,8 +56,8 @@ def variant_manifest(name: str, root: str | Path, classes: list[str], wnids: lis
     if name not in VARIANTS:
         raise ValueError(f"unknown ImageNet variant {name!r}; choose {', '.join(VARIANTS)}")
     wnids = wnids or imagenet_wnids()
-    if len(classes) != len(wnids):
-        raise ValueError(f"{name} is scored against the {len(wnids)} ImageNet classes; this model has {len(classes)}")
+    if len(classes) != 1000 or len(wnids) != 1000:
+        raise ValueError(f"{name} is scored against the 1000 ImageNet classes; this model has {len(classes)}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{name} folder {str(root)!r} does not exist")
