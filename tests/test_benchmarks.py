@@ -214,3 +214,61 @@ def test_paper_presets_load():
         cfg = load_config(path)
         assert path.read_text().startswith("# paper, ") and "Expected" in path.read_text()
         assert cfg.data.format in ("coop", "fgvc", "imagenet") and cfg.teacher.templates == "auto"
+        assert (cfg.data.shot_draw == "coop") == (cfg.data.shots is not None)  # few-shot presets draw as CoOp
+
+
+def _dassl_fewshot(rows, k):
+    """CoOp's rule as its code runs it: the global generator, classes in first-row order."""
+    import random
+
+    groups = {}
+    for row in rows:
+        groups.setdefault(row[1], []).append(row)
+    return [r for items in groups.values() for r in (random.sample(items, k) if len(items) >= k else random.choices(items, k=k))]
+
+
+def test_coop_draw_picks_coops_images(tmp_path):
+    """shot_draw=coop: the images CoOp's seeded generator picks (train first, then val with
+    min(K, 4)), whatever order the split file lists classes in."""
+    import random
+
+    root = write_coop_tree(tmp_path, per_class={"train": 9, "val": 5, "test": 1})
+    path = root / "dtd" / "split_zhou_DescribableTextures.json"
+    split = json.loads(path.read_text())
+    for key in ("train", "val"):  # interleave the classes: first-row order is cracked, banded, braided
+        split[key] = sorted(split[key], key=lambda r: ((r[1] + 1) % 3 + int(r[0][-6:-4]) * 3))
+    path.write_text(json.dumps(split))
+    pools = read_coop(root, "dtd")
+    for seed, k in ((1, 2), (2, 5), (3, 8)):
+        random.seed(seed)
+        want_train, want_val = _dassl_fewshot(pools.train, k), _dassl_fewshot(pools.val, min(k, 4))
+        m = splits_for(coop(root, shots=k, split_seed=seed, shot_draw="coop", val_shots="coop"))
+        assert sorted(m.labeled) == sorted(want_train) and sorted(m.val) == sorted(want_val)
+        assert sorted(m.labeled + m.unlabeled) == sorted(pools.train)
+    assert "CoOp's draw" in m.info["protocol"] and m.info["shot_draw"] == "coop"
+    # the first class drawn (cracked) keeps 3 training images: taken whole, the later classes still CoOp's
+    split["train"] = [r for r in split["train"] if r[2] != "cracked" or int(r[0][-6:-4]) < 3]
+    path.write_text(json.dumps(split))
+    pools = read_coop(root, "dtd")
+    random.seed(2)
+    want = [r for r in _dassl_fewshot(pools.train, 5) if r[1] != 2] + [r for r in pools.train if r[1] == 2]
+    m = splits_for(coop(root, shots=5, split_seed=2, shot_draw="coop", small_classes="take_all"))
+    assert sorted(m.labeled) == sorted(want)
+    independent = splits_for(coop(root, shots=2, split_seed=1))
+    random.seed(1)
+    assert sorted(independent.labeled) != sorted(_dassl_fewshot(pools.train, 2))  # the two draws do differ
+    with pytest.raises(ValueError, match="class 'banded' has 9 training images, fewer than shots=16"):
+        splits_for(coop(root, shots=16, shot_draw="coop"))
+    with pytest.raises(ConfigError, match="shot_draw=coop draws K shots"):
+        DataConfig(root=str(root), shots=2, shot_draw="coop")
+
+
+def test_coop_draw_on_imagenet_carves_validation_after_the_shots(tmp_path):
+    import random
+
+    write_imagenet_tree(tmp_path)
+    pools = read_imagenet(tmp_path)
+    m = splits_for(DataConfig(root=str(tmp_path), format="imagenet", shots=2, shot_draw="coop", val_shots="coop"))
+    random.seed(1)
+    assert sorted(m.labeled) == sorted(_dassl_fewshot(pools.train, 2))
+    assert not set(m.val) & set(m.labeled) and sorted(m.labeled + m.unlabeled + m.val) == sorted(pools.train)

@@ -137,6 +137,7 @@ class DataConfig:
     dataset: str | None = None  # a benchmark name (e.g. dtd); picks the split file and the prompt templates
     split_file: str | None = None  # coop: the split JSON; imagenet: classnames.txt (default: found under root)
     val_shots: Literal["full", "coop"] = "full"  # benchmarks: the whole val split, or min(shots, 4) per class (CoOp)
+    shot_draw: Literal["dho", "coop"] = "dho"  # benchmarks: K shots per class independently, or CoOp's sequential draw
     low_shot: Literal["per_class", "authors", "file"] = "per_class"  # with fraction: how the labeled subset is drawn
     subset_file: str | None = None  # low_shot=file: image file names, one a line (the SimCLR 1% / 10% lists)
     manifest_dir: str | None = None  # benchmarks: drawn splits are cached here as JSON manifests
@@ -160,6 +161,7 @@ class DataConfig:
         _check_choice("data.format", self.format, DATA_FORMATS)
         _check_choice("data.val_shots", self.val_shots, ("full", "coop"))
         _check_choice("data.low_shot", self.low_shot, ("per_class", "authors", "file"))
+        _check_choice("data.shot_draw", self.shot_draw, ("dho", "coop"))
         if self.dataset is not None:
             _check_choice("data.dataset", self.dataset, DATASET_NAMES)
         elif self.format in ("fgvc", "imagenet"):  # these formats hold one dataset each
@@ -201,6 +203,9 @@ class DataConfig:
                 raise ConfigError("data.small_classes=drop works with data.format=folder only; use take_all or error")
         if self.low_shot == "file" and self.shots is None and not self.subset_file:
             raise ConfigError("data.low_shot=file needs data.subset_file (one image file name a line)")
+        if self.shot_draw == "coop" and (self.format == "folder" or self.shots is None):
+            raise ConfigError("data.shot_draw=coop draws K shots from a benchmark's split list: it needs a benchmark "
+                              "data.format and data.shots")
         if self.low_shot != "per_class" and self.format == "folder":
             raise ConfigError(f"data.low_shot={self.low_shot} needs a benchmark data.format (e.g. imagenet)")
 

@@ -15,7 +15,7 @@ import numpy as np
 from .benchmarks import Pools, read_pools
 from .splits import SplitManifest
 
-__all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "protocol_manifest", "read_subset_file"]
+__all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "coop_fewshot", "protocol_manifest", "read_subset_file"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,26 @@ def _draw(group: list[Item], k: int, seed: int, tag: str) -> tuple[list[Item], l
     order = list(group)
     random.Random(f"{seed}|{tag}").shuffle(order)
     return sorted(order[:k]), sorted(order[k:])
+
+
+def coop_fewshot(rows: list[Item], k: int, rng: random.Random) -> list[Item]:
+    """CoOp's (Dassl's) few-shot draw over one split list: classes in order of their first row,
+    rows in list order, ``rng.sample(rows of the class, k)`` from one generator shared by every
+    class and by the validation draw that follows. Seeded with the run's seed it picks the same
+    images as CoOp's ``split_fewshot/shot_<K>-seed_<S>.pkl``. A class with fewer than k rows is
+    taken whole; the generator still advances as Dassl's k draws with replacement advance it, so
+    every later class gets CoOp's images (CoOp itself repeats random images of it up to k)."""
+    by_label: dict[int, list[Item]] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    out: list[Item] = []
+    for items in by_label.values():
+        if len(items) >= k:
+            out += rng.sample(items, k)
+        else:
+            rng.choices(items, k=k)
+            out += items
+    return out
 
 
 def read_subset_file(path: str | Path) -> set[str]:
@@ -90,19 +110,27 @@ def _authors_counts(groups: list[list[Item]], fraction: float) -> list[int]:
 def protocol_manifest(pools: Pools, data) -> SplitManifest:
     """Labeled / unlabeled / validation / test from ``pools`` as ``data`` (a DataConfig) describes.
 
-    Labeled: ``shots`` per class (CoOp) or, low-shot, ``fraction`` of each class (``low_shot:
-    per_class``), the images of ``subset_file`` (``file``) or the DHO code's balanced draw
-    (``authors``). Unlabeled: the rest of train. Validation: the whole val split (``val_shots:
+    Labeled: ``shots`` per class, each class drawn on its own (``shot_draw: dho``) or by CoOp's
+    sequential draw over the split list (``coop``); or, low-shot, ``fraction`` of each class
+    (``low_shot: per_class``), the images of ``subset_file`` (``file``) or the DHO code's balanced
+    draw (``authors``). Unlabeled: the rest of train. Validation: the whole val split (``val_shots:
     full``) or min(K, 4) per class of it (``coop``); a dataset without one (ImageNet) carves it
     from train before anything is labeled: ``val_fraction`` per class, or min(K, 4) per class."""
     seed, n = data.split_seed, len(pools.classes)
     info: dict = {"seed": seed, "shots": data.shots, "fraction": data.fraction, "protocol": _protocol_name(data),
-                  **pools.info}
+                  "shot_draw": data.shot_draw, **pools.info}
     train = _by_class(pools.train, n)
     k_val = min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
+    rng = random.Random(seed)  # shot_draw=coop: one generator, the labeled draw first, then val
+    if data.shot_draw == "coop":
+        _check_small(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes)
+        drawn = set(coop_fewshot(pools.train, data.shots, rng))
     if pools.val:
         val_groups = _by_class(pools.val, n)
-        if data.val_shots == "coop":
+        if data.val_shots == "coop" and data.shot_draw == "coop":
+            val = coop_fewshot(pools.val, k_val, rng)
+            info["val_source"] = f"{k_val} per class of the val split (CoOp's draw)"
+        elif data.val_shots == "coop":
             val = [it for c, g in enumerate(val_groups) for it in _draw(g, k_val, seed, f"val|{c}")[0]]
             info["val_source"] = f"{k_val} per class of the val split"
         else:
@@ -110,8 +138,9 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
     else:
         val = []
         listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" else set()
-        for c, g in enumerate(train):
-            free = [it for it in g if Path(it[0]).name not in listed]  # never validate on a labeled image
+        labeled_already = drawn if data.shot_draw == "coop" else set()
+        for c, g in enumerate(train):  # never validate on a labeled image
+            free = [it for it in g if Path(it[0]).name not in listed and it not in labeled_already]
             if data.val_shots == "coop":
                 k = min(k_val, len(free) - 1)
             else:
@@ -124,7 +153,11 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
                               else f"carved {data.val_fraction:g} per class from train")
     info["test_source"] = "the test split"
 
-    if data.shots is not None:
+    if data.shot_draw == "coop":
+        counts = [sum(it in drawn for it in g) for g in train]
+        for g in train:  # the drawn images first, as the subset rules below leave them
+            g[:] = [it for it in g if it in drawn] + [it for it in g if it not in drawn]
+    elif data.shots is not None:
         counts = [data.shots] * n
     elif data.low_shot == "file":
         counts = _labeled_from_file(train, data.subset_file, pools.classes)
@@ -133,14 +166,10 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
         counts = _authors_counts(train, data.fraction)
     else:
         counts = [max(1, round(len(g) * data.fraction)) for g in train]
-    small = [(pools.classes[c], len(g), k) for c, (g, k) in enumerate(zip(train, counts)) if len(g) < k]
-    if small and data.small_classes != "take_all":
-        name, have, k = small[0]
-        raise ValueError(f"class {name!r} has {have} training images, fewer than shots={k}"
-                         f"{f' (so do {len(small) - 1} more)' if len(small) > 1 else ''}; set data.small_classes=take_all")
+    _check_small(pools.classes, [len(g) for g in train], counts, data.small_classes)
     labeled, unlabeled = [], []
     for c, (g, k) in enumerate(zip(train, counts)):
-        if data.shots is not None or data.low_shot == "per_class":
+        if data.shot_draw != "coop" and (data.shots is not None or data.low_shot == "per_class"):
             a, b = _draw(g, min(k, len(g)), seed, f"shots|{c}")
         else:  # the subset rule already put the chosen images first
             a, b = sorted(g[:k]), sorted(g[k:])
@@ -157,18 +186,27 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
     return manifest
 
 
+def _check_small(classes: list[str], sizes: list[int], counts: list[int], policy: str) -> None:
+    small = [(classes[c], have, k) for c, (have, k) in enumerate(zip(sizes, counts)) if have < k]
+    if small and policy != "take_all":
+        name, have, k = small[0]
+        raise ValueError(f"class {name!r} has {have} training images, fewer than shots={k}"
+                         f"{f' (so do {len(small) - 1} more)' if len(small) > 1 else ''}; set data.small_classes=take_all")
+
+
 def _protocol_name(data) -> str:
     if data.shots is not None:
         what = f"{data.shots}-shot"
     else:
         what = {"file": "subset-file", "authors": f"balanced-random-seed{AUTHORS_SUBSET_SEED}",
                 "per_class": "per-class"}[data.low_shot] + f" {data.fraction:g}"
-    return f"{data.dataset or data.format} {what}, seed {data.split_seed}, val {data.val_shots}"
+    draw = ", CoOp's draw" if data.shot_draw == "coop" else ""
+    return f"{data.dataset or data.format} {what}{draw}, seed {data.split_seed}, val {data.val_shots}"
 
 
 def _cache_key(data) -> str:
     fields = ("format", "dataset", "root", "split_file", "shots", "fraction", "split_seed", "val_shots", "val_fraction",
-              "low_shot", "subset_file", "max_unlabeled", "small_classes")
+              "low_shot", "subset_file", "max_unlabeled", "small_classes", "shot_draw")
     text = json.dumps({f: getattr(data, f) for f in fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
