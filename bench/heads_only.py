@@ -26,7 +26,7 @@ from dho.losses import method_loss
 from dho.optim import build_optimizer, build_scheduler
 from dho.students import build_student
 from dho.teachers import TeacherOutput
-from dho.train import planned_views
+from dho.plan import planned_views
 from timing import machine, report, side_by_side
 
 SETUPS = {  # name -> (backbone giving D, classes, batch per stream)

@@ -40,7 +40,7 @@ from dho.precompute import teacher_requests, teacher_job
 from dho.students import build_student
 from dho.teachers import TeacherOutput, build_teacher
 from dho.teachers.cache import TeacherCache
-from dho.train import planned_views
+from dho.plan import planned_views
 from timing import machine, report, side_by_side
 
 # name -> (student backbone, student px, teacher overrides, default batch per stream on GPU / CPU)

@@ -10,7 +10,8 @@ from dho.batches import FeatureBatches, ImageBatches, RankSlice
 from dho.data import ImageStore, StreamSampler, TrainViews
 from dho.data.splits import splits_for
 from dho.precision import resolve_precision
-from dho.train import planned_views, train
+from dho.plan import planned_views
+from dho.train import train
 
 
 def test_rank_slices_partition_every_global_batch():

@@ -72,7 +72,7 @@ def test_planned_views_cover_every_view_a_run_draws(tiny_cfg):
     from dho.data.splits import splits_for
     from dho.teachers import build_teacher
     from dho.teachers.cache import TeacherCache
-    from dho.train import planned_views
+    from dho.plan import planned_views
 
     cfg = tiny_cfg.override({"data.num_views": 3, "optim.epochs": 5})
     manifest = splits_for(cfg.data)

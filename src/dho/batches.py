@@ -93,7 +93,7 @@ class ImageBatches:
 class FeatureBatches:
     """Heads-only training: features of a frozen backbone, and the teacher's outputs, per planned view.
 
-    ``plan`` lists the (index, view) pairs each stream will draw (:func:`dho.train.planned_views`);
+    ``plan`` lists the (index, view) pairs each stream will draw (:func:`dho.plan.planned_views`);
     their crops are made once, embedded by ``backbone`` (eval mode, no grad) and paired with the
     teacher's outputs, so every step is a gather of rows plus the heads' forward and backward.
     """

@@ -7,16 +7,14 @@ unknown keys are errors with a "did you mean" hint, and every run writes its res
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
+
+from .coerce import ConfigError, build, check_choice, check_positive, check_range, set_dotted, split_override, to_plain
 
 __all__ = [
     "ConfigError",
@@ -30,26 +28,6 @@ __all__ = [
     "load_config",
     "save_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the offending key."""
-
-
-def _check_choice(key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        hint = _did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{hint}")
-
-
-def _check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def _check_range(key: str, value: float, lo: float, hi: float, closed_hi: bool = False) -> None:
-    if not (lo <= value <= hi if closed_hi else lo <= value < hi):
-        raise ConfigError(f"{key}={value!r} must be in [{lo:g}, {hi:g}{']' if closed_hi else ')'}")
 
 
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
@@ -90,14 +68,14 @@ class TeacherConfig:
     cache: str | None = None  # a directory written by `dho cache-teacher`: outputs replayed, misses computed
 
     def __post_init__(self) -> None:
-        _check_choice("teacher.kind", self.kind, TEACHER_KINDS)
-        _check_choice("teacher.adapter", self.adapter, ADAPTERS)
-        _check_positive("teacher.adapter_views", self.adapter_views)
-        _check_positive("teacher.adapter_epochs", self.adapter_epochs)
-        _check_positive("teacher.zeta", self.zeta)
-        _check_positive("teacher.image_size", self.image_size)
-        _check_positive("teacher.bridge_tau", self.bridge_tau)
-        _check_positive("teacher.embed_dim", self.embed_dim)
+        check_choice("teacher.kind", self.kind, TEACHER_KINDS)
+        check_choice("teacher.adapter", self.adapter, ADAPTERS)
+        check_positive("teacher.adapter_views", self.adapter_views)
+        check_positive("teacher.adapter_epochs", self.adapter_epochs)
+        check_positive("teacher.zeta", self.zeta)
+        check_positive("teacher.image_size", self.image_size)
+        check_positive("teacher.bridge_tau", self.bridge_tau)
+        check_positive("teacher.embed_dim", self.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -119,12 +97,12 @@ class StudentConfig:
     freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
 
     def __post_init__(self) -> None:
-        _check_choice("student.source", self.source, ("auto", "timm", "torchvision", "open_clip"))
-        _check_choice("student.ce_head", self.ce_head, HEAD_KINDS)
-        _check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
-        _check_positive("student.image_size", self.image_size)
-        _check_positive("student.zeta", self.zeta)
-        _check_range("student.mlp_dropout", self.mlp_dropout, 0, 1)
+        check_choice("student.source", self.source, ("auto", "timm", "torchvision", "open_clip"))
+        check_choice("student.ce_head", self.ce_head, HEAD_KINDS)
+        check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
+        check_positive("student.image_size", self.image_size)
+        check_positive("student.zeta", self.zeta)
+        check_range("student.mlp_dropout", self.mlp_dropout, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -157,23 +135,23 @@ class DataConfig:
     duplicates: Literal["warn", "error", "off"] = "warn"  # the same file content in two splits
 
     def __post_init__(self) -> None:
-        _check_choice("data.small_classes", self.small_classes, SMALL_CLASS_POLICIES)
-        _check_choice("data.format", self.format, DATA_FORMATS)
-        _check_choice("data.val_shots", self.val_shots, ("full", "coop"))
-        _check_choice("data.low_shot", self.low_shot, ("per_class", "authors", "file"))
-        _check_choice("data.shot_draw", self.shot_draw, ("dho", "coop"))
+        check_choice("data.small_classes", self.small_classes, SMALL_CLASS_POLICIES)
+        check_choice("data.format", self.format, DATA_FORMATS)
+        check_choice("data.val_shots", self.val_shots, ("full", "coop"))
+        check_choice("data.low_shot", self.low_shot, ("per_class", "authors", "file"))
+        check_choice("data.shot_draw", self.shot_draw, ("dho", "coop"))
         if self.dataset is not None:
-            _check_choice("data.dataset", self.dataset, DATASET_NAMES)
+            check_choice("data.dataset", self.dataset, DATASET_NAMES)
         elif self.format in ("fgvc", "imagenet"):  # these formats hold one dataset each
             object.__setattr__(self, "dataset", "fgvc_aircraft" if self.format == "fgvc" else "imagenet")
         self._check_benchmark()
-        _check_choice("data.duplicates", self.duplicates, ("warn", "error", "off"))
-        _check_positive("data.num_workers", self.num_workers, allow_zero=True)
-        _check_positive("data.max_unlabeled", self.max_unlabeled, allow_zero=True)
+        check_choice("data.duplicates", self.duplicates, ("warn", "error", "off"))
+        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        check_positive("data.max_unlabeled", self.max_unlabeled, allow_zero=True)
         if self.shots is None and self.fraction is None:
             raise ConfigError("data.shots and data.fraction are both null: set one of them")
         if self.shots is not None:
-            _check_positive("data.shots", self.shots)
+            check_positive("data.shots", self.shots)
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ConfigError(f"data.fraction={self.fraction!r} must be in (0, 1]")
         if not 0 <= self.val_fraction < 1:
@@ -181,9 +159,9 @@ class DataConfig:
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in (0, 1)")
         if self.view_size is not None:
-            _check_positive("data.view_size", self.view_size)
+            check_positive("data.view_size", self.view_size)
         if self.num_views is not None:
-            _check_positive("data.num_views", self.num_views)
+            check_positive("data.num_views", self.num_views)
 
 
     def _check_benchmark(self) -> None:
@@ -222,12 +200,12 @@ class LossConfig:
     feature_weight: float | None = None  # feature-KD MSE weight; None = ln(C) / 2, the CE scale at chance
 
     def __post_init__(self) -> None:
-        _check_choice("loss.method", self.method, METHODS)
-        _check_choice("loss.kd_reduction", self.kd_reduction, ("sum", "mean"))
-        _check_positive("loss.temperature", self.temperature)
-        _check_positive("loss.ce_weight", self.ce_weight, allow_zero=True)
-        _check_positive("loss.kd_weight", self.kd_weight, allow_zero=True)
-        _check_positive("loss.feature_weight", self.feature_weight, allow_zero=True)
+        check_choice("loss.method", self.method, METHODS)
+        check_choice("loss.kd_reduction", self.kd_reduction, ("sum", "mean"))
+        check_positive("loss.temperature", self.temperature)
+        check_positive("loss.ce_weight", self.ce_weight, allow_zero=True)
+        check_positive("loss.kd_weight", self.kd_weight, allow_zero=True)
+        check_positive("loss.feature_weight", self.feature_weight, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -247,16 +225,16 @@ class OptimConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
-        _check_choice("optim.epoch_mode", self.epoch_mode, ("labeled", "unlabeled"))
-        _check_choice("optim.schedule", self.schedule, SCHEDULES)
-        _check_positive("optim.epochs", self.epochs)
-        _check_positive("optim.batch_size", self.batch_size)
-        _check_positive("optim.lr", self.lr)
-        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
-        _check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
-        _check_positive("optim.max_steps", self.max_steps)
+        check_choice("optim.epoch_mode", self.epoch_mode, ("labeled", "unlabeled"))
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_positive("optim.epochs", self.epochs)
+        check_positive("optim.batch_size", self.batch_size)
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("optim.max_steps", self.max_steps)
         for i, beta in enumerate(self.betas):
-            _check_range(f"optim.betas[{i}]", beta, 0, 1)
+            check_range(f"optim.betas[{i}]", beta, 0, 1)
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"optim.warmup_fraction={self.warmup_fraction!r} must be in [0, 1)")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -276,13 +254,13 @@ class EvalConfig:
     conflict_every: int = 0  # steps between gradient-conflict measurements (metrics.jsonl); 0 = off
 
     def __post_init__(self) -> None:
-        _check_positive("eval.conflict_every", self.conflict_every, allow_zero=True)
-        _check_positive("eval.batch_size", self.batch_size)
-        _check_positive("eval.eval_every", self.eval_every, allow_zero=True)
-        _check_choice("eval.keep", self.keep, ("last", "best"))
+        check_positive("eval.conflict_every", self.conflict_every, allow_zero=True)
+        check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.eval_every", self.eval_every, allow_zero=True)
+        check_choice("eval.keep", self.keep, ("last", "best"))
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"eval.alpha={self.alpha!r} must be in [0, 1]")
-        _check_positive("eval.beta", self.beta)
+        check_positive("eval.beta", self.beta)
 
 
 @dataclass(frozen=True)
@@ -305,155 +283,26 @@ class RunConfig:
     out: str = "runs/dho"
 
     def __post_init__(self) -> None:
-        _check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        _check_positive("threads", self.threads)
-        _check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        check_positive("threads", self.threads)
+        check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return _build(cls, data, prefix="")
+        return build(cls, data, prefix="")
 
     def override(self, overrides: list[str] | dict[str, Any]) -> RunConfig:
         """Apply ``["optim.lr=3e-4", ...]`` (strings coerced to the field type) or a dict."""
-        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        items = overrides.items() if isinstance(overrides, dict) else map(split_override, overrides)
         data = self.to_dict()
         for key, value in items:
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
         return RunConfig.from_dict(data)
-
-
-def _split_override(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
-    return key.strip(), value
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node: Any = data
-    for depth, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
-            options = list(node) if isinstance(node, dict) else []
-            prefix = ".".join(parts[:depth])
-            full = [f"{prefix}.{o}" if prefix else o for o in options]
-            raise ConfigError(f"unknown config key {key!r}{_did_you_mean(key, full)}")
-        if depth == len(parts) - 1:
-            if isinstance(node[part], dict):
-                raise ConfigError(f"config key {key!r} is a section; set one of its fields")
-            node[part] = _Text(value) if isinstance(value, str) else value
-        node = node[part]
-
-
-class _Text(str):
-    """An override's text as given: a string field takes it verbatim ('teacher.model=1e5' stays
-    '1e5'); any other field parses it as a YAML scalar first."""
-
-
-def _takes_text(tp: Any) -> bool:
-    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp))
-
-
-def _parse_scalar(text: str) -> Any:
-    """YAML scalar parsing for CLI values: '3e-4' -> 3e-4, 'null' -> None, '[1, 2]' -> list."""
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _did_you_mean(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key {full!r}{_did_you_mean(full, [prefix + n for n in names])}")
-        kwargs[key] = _coerce(hints[key], value, full)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # pragma: no cover - dataclass signature mismatch
-        raise ConfigError(str(err)) from None
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Coerce a YAML/CLI value to the annotated field type, or raise a one-line ConfigError."""
-    if isinstance(value, _Text):
-        text = str(value)
-        if not _takes_text(tp):
-            return _coerce(tp, _parse_scalar(text), key)
-        if text.strip() in ("null", "~") and type(None) in typing.get_args(tp):
-            return None
-        return text
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, prefix=f"{key}.")
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        _check_choice(key, value, args)
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # YAML 1.1 reads '3e-4' as a string
-            try:
-                number = float(value)
-            except (ValueError, OverflowError):
-                pass
-        if number is None:
-            raise ConfigError(f"{key}={value!r} must be a number")
-        if not math.isfinite(number):
-            raise ConfigError(f"{key}={value!r} must be a finite number")
-        return number
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}={value!r} must be a string")
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -26,7 +26,8 @@ from .evaluate import SplitLogits, score
 from .pool import executor, shards
 from .teachers import build_teacher
 from .teachers.cache import TeacherCache
-from .train import free_cores, planned_views, train, training_view_size
+from .plan import planned_views, training_view_size
+from .train import free_cores, train
 
 __all__ = ["DemoSettings", "METHODS", "run_demo"]
 

@@ -1,7 +1,7 @@
 """Teacher outputs computed ahead of training, in parallel, for every view a set of runs will draw.
 
 Views are pure functions of (seed, sample id, view), so the requests can be listed from the run
-configs alone (:func:`dho.train.planned_views`), computed in worker processes of one thread each
+configs alone (:func:`dho.plan.planned_views`), computed in worker processes of one thread each
 and stored once (:class:`~dho.teachers.store.TeacherStore`). ``dho cache-teacher`` does this for
 one run config, ``dho sweep`` for a grid; training replays the store (``teacher.cache=DIR``).
 """
@@ -26,7 +26,8 @@ from .pool import executor, shards
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import ADAPTER_SEED_OFFSET, eval_key
-from .train import free_cores, planned_views, training_view_size
+from .plan import planned_views, training_view_size
+from .train import free_cores
 
 __all__ = ["base_teacher_config", "cache_teacher", "fill_teacher_cache", "store_info", "store_path", "teacher_requests"]
 

@@ -41,7 +41,8 @@ from .teachers import Teacher, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
 from .teachers.tip_adapter import TipAdapter
-from .train import free_cores, train, training_view_size
+from .plan import training_view_size
+from .train import free_cores, train
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -30,7 +29,7 @@ from . import distributed
 from .batches import FeatureBatches, ImageBatches
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
-from .data import EvalViews, ImageStore, SplitManifest, StreamSampler, TrainViews
+from .data import EvalViews, ImageStore, SplitManifest, TrainViews
 from .data.duplicates import check_overlaps
 from .data.splits import splits_for
 from .distributed import DistContext
@@ -39,6 +38,7 @@ from .gradients import gradient_conflict, pcgrad_backward
 from .losses import METHOD_SPECS, method_loss
 from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
 from .optim import build_optimizer, build_scheduler
+from .plan import planned_views, steps_per_epoch, total_steps, training_view_size
 from .precision import autocast, resolve_precision
 from .state import TrainState, discard_state, load_state, save_state
 from .stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
@@ -52,8 +52,7 @@ from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 
-__all__ = ["RunResult", "free_cores", "planned_views", "resolve_device", "seed_everything", "total_steps", "train",
-           "training_view_size"]
+__all__ = ["RunResult", "free_cores", "resolve_device", "seed_everything", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +80,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def steps_per_epoch(cfg: RunConfig, manifest: SplitManifest) -> int:
-    """Authors' definitions: one pass over the labeled set (few-shot) or the unlabeled set (ImageNet)."""
-    n = len(manifest.labeled if cfg.optim.epoch_mode == "labeled" else manifest.unlabeled)
-    return max(1, n // cfg.optim.batch_size)
-
-
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; the others write nothing).
 
@@ -112,30 +105,6 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-
-def training_view_size(cfg: RunConfig, teacher_size: int) -> int:
-    """The size of training crops: ``data.view_size``, else the larger of the two models' inputs."""
-    return cfg.data.view_size or max(cfg.student.image_size, teacher_size)
-
-
-def total_steps(cfg: RunConfig, manifest: SplitManifest) -> int:
-    return min(cfg.optim.epochs * steps_per_epoch(cfg, manifest), cfg.optim.max_steps or math.inf)
-
-
-def planned_views(cfg: RunConfig, manifest: SplitManifest) -> dict[str, list[tuple[int, int]]]:
-    """The (index, view) pairs of each stream that a run of ``cfg`` will draw, for precomputing
-    teacher outputs. The streams are the ones :func:`train` builds, replayed without images."""
-    spec, steps = METHOD_SPECS[cfg.loss.method], total_steps(cfg, manifest)
-    plan = {}
-    for name, items, used in (("labeled", manifest.labeled, spec.labeled), ("unlabeled", manifest.unlabeled, spec.unlabeled)):
-        if not used:
-            continue
-        batches = iter(StreamSampler(len(items), cfg.optim.batch_size, cfg.seed, name))
-        n = cfg.data.num_views
-        keys = {(i, p % n if n else p) for _ in range(steps) for i, p in next(batches)}
-        plan[name] = sorted(keys)
-    return plan
 
 
 def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
