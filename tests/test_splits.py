@@ -142,3 +142,44 @@ def test_split_properties(tmp_path_factory, counts, shots, seed, val_fraction, p
         assert labeled == (min(shots, pool) if policy == "take_all" else shots)
     for path, y in m.labeled + m.unlabeled + m.val + m.test:
         assert path.split("/")[1] == kept[y]
+
+
+def test_overlap_check_reads_only_what_could_match_and_misses_nothing(tmp_path):
+    """Staged by size, then the first bytes, then the whole file: the same lines as hashing every
+    file, including files of one size and one head that differ at the end."""
+    import os
+    import random
+
+    from dho.data.decode import content_digest
+    from dho.data.duplicates import HEAD_BYTES, split_overlaps
+    from dho.data.splits import SPLITS, SplitManifest
+
+    rng = random.Random(0)
+    big, small = rng.randbytes(3 * HEAD_BYTES), rng.randbytes(500)
+    files = {
+        "l0": big, "t0": big,  # large, same content across splits
+        "u0": big[:-1] + b"x", "v0": big[:-1] + b"y",  # same size and head, another tail
+        "l1": small, "u1": small, "v1": small,  # small, in three splits
+        "t1": small[:-1] + b"z",  # same size, differs inside the head
+        "l2": rng.randbytes(700), "l3": b"",  # unique; empty
+    }
+    files["u2"] = files["t2"] = rng.randbytes(700)  # unlabeled and test share one
+    files["v2"] = files["t3"] = rng.randbytes(64)  # val and test share one
+    for name, data in files.items():
+        (tmp_path / f"{name}.bin").write_bytes(data)
+    by_split = {"l": "labeled", "u": "unlabeled", "v": "val", "t": "test"}
+    rows = {s: [(f"{n}.bin", 0) for n in files if by_split[n[0]] == s] for s in SPLITS}
+    m = SplitManifest(str(tmp_path), ["x"], rows["labeled"], rows["unlabeled"], rows["val"], rows["test"], {})
+    found = split_overlaps(m)
+
+    brute: dict = {}
+    for split in SPLITS:
+        for rel, _ in m.split(split):
+            brute.setdefault(content_digest((tmp_path / rel).read_bytes()), set()).add((split, rel))
+    expected = [f"{a[0]} {a[1]} has the same content as {b[0]} {b[1]}"
+                for g in brute.values() if len({s for s, _ in g}) > 1 for a, b in [sorted(g)[:2]]]
+    assert sorted(found) == sorted(expected) and len(expected) == 4
+    assert not any("u0.bin" in line or "t1.bin" in line for line in found)
+    os.chmod(tmp_path / "t0.bin", 0)  # unreadable: left to the decoder, never a crash
+    if os.geteuid() != 0:
+        assert sum("l0.bin" in line for line in split_overlaps(m)) == 0

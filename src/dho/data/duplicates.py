@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 
 from .decode import content_digest
 from .splits import SPLITS, SplitManifest
@@ -15,23 +16,51 @@ __all__ = ["check_overlaps", "split_overlaps"]
 log = logging.getLogger(__name__)
 
 
+HEAD_BYTES = 8192  # files of one size are told apart by their first bytes before any is read whole
+
+Member = tuple[str, str, Path]  # (split, relative path, path)
+
+
+def _groups(members: list[Member], key) -> list[tuple[object, list[Member]]]:
+    """``members`` grouped by ``key(path)`` (files it cannot read are left out), keeping only the
+    groups that hold files of more than one split: only those can hold a cross-split duplicate."""
+    groups: dict = defaultdict(list)
+    for member in members:
+        try:
+            groups[key(member[2])].append(member)
+        except OSError:  # unreadable files are the decoder's to report
+            continue
+    return [(k, g) for k, g in groups.items() if len({split for split, _, _ in g}) > 1]
+
+
+def _head_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return content_digest(fh.read(HEAD_BYTES))
+
+
 def split_overlaps(manifest: SplitManifest) -> list[str]:
-    """One line per file or content found in more than one of labeled / unlabeled / val / test."""
+    """One line per file or content found in more than one of labeled / unlabeled / val / test.
+
+    Content is compared by hash of the whole file, but only among files that could match: the
+    same size, then the same first bytes, in more than one split. Other files are only stat()ed
+    or read in part, and no file is read twice."""
+    members = [(split, rel, manifest.path(rel)) for split in SPLITS for rel, _ in manifest.split(split)]
     by_path: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for split, rel, path in members:
+        by_path[os.path.realpath(path)].add((split, rel))
     by_hash: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for split in SPLITS:
-        for rel, _ in manifest.split(split):
-            path = manifest.path(rel)
-            by_path[os.path.realpath(path)].add((split, rel))
-            try:
-                by_hash[content_digest(path.read_bytes())].add((split, rel))
-            except OSError:  # unreadable files are the decoder's to report
+    for size, same_size in _groups(members, lambda p: p.stat().st_size):
+        for head, same_head in _groups(same_size, _head_digest):
+            if size <= HEAD_BYTES:  # the head was the whole file
+                by_hash[head].update((split, rel) for split, rel, _ in same_head)
                 continue
+            for content, same in _groups(same_head, lambda p: content_digest(p.read_bytes())):
+                by_hash[content].update((split, rel) for split, rel, _ in same)
     out = []
     for kind, groups in (("is the same file", by_path), ("has the same content", by_hash)):
-        for members in groups.values():
-            if len({split for split, _ in members}) > 1:
-                (s1, p1), (s2, p2) = sorted(members)[:2]
+        for found in groups.values():
+            if len({split for split, _ in found}) > 1:
+                (s1, p1), (s2, p2) = sorted(found)[:2]
                 out.append(f"{s1} {p1} {kind} as {s2} {p2}")
     return out
 

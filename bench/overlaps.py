@@ -1,0 +1,76 @@
+"""The split-overlap check (`data.duplicates`) against hashing every file whole, side by side.
+
+The check groups files by size, then by their first bytes, and hashes whole only the files that
+could equal a file of another split. The baseline reads and hashes every file of every split.
+Both must report the same lines. Cases: the CIFAR-10 demo split (small JPEGs, read whole either
+way) and a folder of larger JPEGs (CIFAR images re-encoded at 384 px, made here on first use).
+
+    python bench/overlaps.py [--split runs/.../splits.json] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from dho.data.decode import content_digest
+from dho.data.duplicates import split_overlaps
+from dho.data.splits import SPLITS, SplitManifest, make_splits
+from timing import machine, report, side_by_side
+
+
+def hash_everything(manifest: SplitManifest) -> list[str]:
+    """The baseline: every file read and hashed whole."""
+    by_path, by_hash = defaultdict(set), defaultdict(set)
+    for split in SPLITS:
+        for rel, _ in manifest.split(split):
+            path = manifest.path(rel)
+            by_path[os.path.realpath(path)].add((split, rel))
+            by_hash[content_digest(path.read_bytes())].add((split, rel))
+    out = []
+    for kind, groups in (("is the same file", by_path), ("has the same content", by_hash)):
+        for found in groups.values():
+            if len({s for s, _ in found}) > 1:
+                (s1, p1), (s2, p2) = sorted(found)[:2]
+                out.append(f"{s1} {p1} {kind} as {s2} {p2}")
+    return out
+
+
+def large_jpegs(cifar: Path, out: Path, n: int = 4000, size: int = 384) -> Path:
+    from PIL import Image
+
+    if not (out / "test").is_dir():
+        files = sorted((cifar / "train" / "cat").iterdir())[:n]
+        for i, f in enumerate(files):
+            target = out / ("train" if i < 3 * n // 4 else "test") / "cat" / f.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(f).resize((size, size), Image.BICUBIC).save(target, quality=95)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar", default="~/.cache/dho/cifar10", help="CIFAR-10 as JPEG folders (`dho demo` makes it)")
+    parser.add_argument("--split", help="a splits.json to check (default: the demo's CIFAR split, made here)")
+    parser.add_argument("--large", default="/tmp/dho-bench-large-jpegs")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    cifar = Path(args.cifar).expanduser()
+    cases = {
+        "CIFAR-10 split (JPEGs of ~1 KB)": SplitManifest.load(args.split) if args.split
+        else make_splits(cifar, shots=16, val_fraction=0.02, max_unlabeled=5000),
+        "4,000 JPEGs at 384 px (~21 KB)": make_splits(large_jpegs(cifar, Path(args.large)), shots=16, val_fraction=0.1),
+    }
+    print(machine())
+    for name, manifest in cases.items():
+        assert sorted(split_overlaps(manifest)) == sorted(hash_everything(manifest)), name
+        medians = side_by_side({"staged check": lambda: split_overlaps(manifest),
+                                "hash every file": lambda: hash_everything(manifest)}, rounds=args.rounds)
+        n = sum(len(manifest.split(s)) for s in SPLITS)
+        report(f"{name}: {n} files, same lines", medians, {"hash every file / staged": ("hash every file", "staged check")})
+
+
+if __name__ == "__main__":
+    main()
