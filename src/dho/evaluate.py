@@ -148,8 +148,11 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
         teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
         if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
-    views = EvalViews(ImageStore(manifest, items, in_memory=False), student.preprocess.size)
-    logits = collect_logits(views, student, teacher, batch_size=batch_size, device=device, progress=progress, desc=split)
+    store = ImageStore(manifest, items, in_memory=False)  # each model at its own size, as training scores them
+    kw = {"batch_size": batch_size, "device": device, "progress": progress, "desc": split}
+    logits = collect_logits(EvalViews(store, student.preprocess.size), student, None, **kw)
+    if teacher is not None:
+        logits.teacher = collect_logits(EvalViews(store, teacher.image_size), None, teacher, **kw).teacher
     subset = manifest.info.get("class_subset")
     logits = SplitLogits(logits.labels, *(mask_logits(t, subset) for t in (logits.ce, logits.kd, logits.teacher)))
     return logits, meta, student

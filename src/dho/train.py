@@ -146,6 +146,15 @@ def _collect(ctx: DistContext, views: Dataset, student: DualHeadStudent, teacher
     return SplitLogits(*(distributed.gather_rows(ctx, t, n) for t in (part.labels, part.ce, part.kd, part.teacher)))
 
 
+def _evaluate(ctx: DistContext, store: ImageStore, student: DualHeadStudent, teacher: Teacher | None, **kw) -> SplitLogits:
+    """Centre crops of a split, each model's at its own input size (as each is used on its own):
+    the student's scores are those its exported graph and ``dho eval`` give."""
+    logits = _collect(ctx, EvalViews(store, student.preprocess.size), student, None, **kw)
+    if teacher is not None:
+        logits.teacher = _collect(ctx, EvalViews(store, teacher.image_size), None, teacher, **kw).teacher
+    return logits
+
+
 def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) -> TeacherCache | None:
     """The cache handed in by a caller (sweeps), else the store named by ``teacher.cache``, else none."""
     if given is not None or not cfg.teacher.cache:
@@ -257,8 +266,6 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
             return TeacherOutput(out.features.float(), out.logits.float())
         out = teacher_cache.outputs(images, keys)  # the base teacher's outputs
         return teacher.adapt(out) if isinstance(teacher, FewShotTeacher) else out
-    eval_size = max(student.preprocess.size, teacher.image_size) if cfg.eval.teacher else student.preprocess.size
-
     def store(items, name):
         return ImageStore(manifest, items, in_memory=d.in_memory, progress=progress and ctx.is_main, desc=f"decode {name}")
 
@@ -278,7 +285,8 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     else:
         batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, t_fn, 0 if device_crops else d.num_workers,
                                ctx.rank, ctx.world_size, start=start)
-    val_views = EvalViews(store(manifest.val, "val"), eval_size) if manifest.val else None
+    val_store = store(manifest.val, "val") if manifest.val else None
+    val_views = EvalViews(val_store, student.preprocess.size) if val_store is not None else None
     # PCGrad combines per-objective gradients itself, so it averages them across ranks by hand.
     ddp = ctx.enabled and not spec.pcgrad
     model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None) if ddp else student
@@ -373,11 +381,11 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress and ctx.is_main,
                "num_workers": d.num_workers}
     eval_teacher = teacher if cfg.eval.teacher else None
-    val_logits = _collect(ctx, val_views, student, eval_teacher, desc="validation", **eval_kw) if val_views else None
+    val_logits = _evaluate(ctx, val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix["alpha"], mix["beta"]
-    test_views = EvalViews(store(manifest.test, "test"), eval_size) if manifest.test else None
-    test_logits = _collect(ctx, test_views, student, eval_teacher, desc="test", **eval_kw) if test_views else None
+    test_store = store(manifest.test, "test") if manifest.test else None
+    test_logits = _evaluate(ctx, test_store, student, eval_teacher, desc="test", **eval_kw) if test_store else None
     test = score(test_logits, student.alpha, student.beta) if test_logits is not None else {}
     results = {
         "method": cfg.loss.method, "steps": steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
