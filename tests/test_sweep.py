@@ -92,3 +92,50 @@ def test_sweep_report_and_feature_tools_from_the_command_line(tmp_path, synth_ro
     assert main(["-q", "linear-eval", str(run)]) == 0 and (run / "linear_eval.json").is_file()
     assert main(["-q", "tsne", str(run), "--max-points", "40"]) == 0 and (run / "tsne_test.png").is_file()
     assert main(["-q", "report", str(tmp_path / "missing")]) == 1
+
+
+def test_a_run_cut_short_resumes_from_its_state_when_the_sweep_is_run_again(tmp_path, synth_root, monkeypatch, caplog):
+    import hashlib
+    import logging
+    import signal
+
+    import importlib
+
+    TRAIN = importlib.import_module("dho.train")
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"""
+sweep: {{methods: [dho], shots: [2], seeds: [0], workers: 1}}
+run:
+  data: {{root: {synth_root}, num_views: 2, val_fraction: 0.2}}
+  student: {{backbone: resnet18, image_size: 32}}
+  optim: {{epochs: 6, batch_size: 8}}
+  threads: 2
+""")
+    sweep, base = load_sweep(path)
+    run_sweep(sweep, base, tmp_path / "whole")
+    real, calls = TRAIN.method_loss, []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TRAIN, "method_loss", loss)
+    with pytest.raises(RuntimeError, match="1 sweep run"):
+        run_sweep(sweep, base, tmp_path / "cut")
+    run = "zero-shot/2shot/seed0/dho"
+    assert (tmp_path / "cut" / run / "state").is_dir() and not (tmp_path / "cut" / run / "results.json").exists()
+    monkeypatch.setattr(TRAIN, "method_loss", real)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dho.train"):
+        run_sweep(sweep, base, tmp_path / "cut")
+    assert "resumed from" in caplog.text and "after step 4 of 6" in caplog.text  # it went on from the saved state
+
+    def weights(root):
+        return hashlib.sha256((root / run / "checkpoint" / "model.safetensors").read_bytes()).hexdigest()
+
+    assert weights(tmp_path / "cut") == weights(tmp_path / "whole")
+    assert json.loads((tmp_path / "cut" / run / "results.json").read_text())["test"] == \
+        json.loads((tmp_path / "whole" / run / "results.json").read_text())["test"]

@@ -11,7 +11,8 @@ A sweep file holds the grid under ``sweep:`` and a run config under ``run:``::
     run: {...}  # any RunConfig, as in configs/*.yaml
 
 Run r lands in ``<out>/<teacher>/<shots>shot/seed<seed>/<method>``; a run whose results.json
-exists is skipped, so an interrupted sweep resumes where it stopped. The base teacher's outputs
+exists is skipped, and one cut short goes on from its saved state (``state/``), so an interrupted
+sweep resumes where it stopped, to the same results. The base teacher's outputs
 for every view the runs draw (and for the validation and test centre crops) are computed once,
 sharded over worker processes of one thread each, and kept in ``<out>/teacher_cache/``; few-shot
 teachers are fitted on them. ``<out>/results.csv`` gathers every run and the teachers' accuracy.
@@ -35,13 +36,14 @@ from .atomic import write_file_atomic
 from .config import METHODS, ConfigError, RunConfig
 from .data.splits import SplitManifest
 from .evaluate import SplitLogits, score
+from .plan import training_view_size
 from .pool import executor
 from .precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
+from .state import load_state
 from .teachers import Teacher, build_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
 from .teachers.tip_adapter import TipAdapter
-from .plan import training_view_size
 from .train import free_cores, train
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
@@ -121,8 +123,21 @@ def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> di
     teacher, cache = _worker_cache(cfg, cache_path)
     if adapter_state is not None:
         teacher = FewShotTeacher(teacher, TipAdapter.from_state(adapter_state))
-    result = train(cfg, teacher=teacher, teacher_cache=cache)
+    result = train(cfg, teacher=teacher, teacher_cache=cache, resume=_resumable(cfg))
     return result.results
+
+
+def _resumable(cfg: RunConfig) -> bool:
+    """Whether ``cfg.out`` holds the saved state of this very run, cut short: it goes on from
+    there. A state from other settings is set aside (the run starts over), with a warning."""
+    try:
+        state = load_state(Path(cfg.out) / "state")
+        if state is not None:
+            state.check_config(cfg.to_dict())
+    except (ValueError, OSError) as err:
+        log.warning("%s: not resuming its saved state (%s); training it from the start", cfg.out, err)
+        return False
+    return state is not None
 
 
 def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitManifest) -> float:
