@@ -108,3 +108,14 @@ def test_bridge_teacher_probabilities_on_real_images(two_cifar_images):
     assert approx.shape == (2, 10)
     assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
     assert teacher.id == "imagenet-bridge:efficientnet_lite0+all-MiniLM-L6-v2"
+
+
+def test_bridge_teacher_refuses_an_open_clip_tag_as_its_weights():
+    """A CLIP preset switched to kind=imagenet-bridge keeps pretrained=openai: one clear line."""
+    import pytest
+
+    from dho.config import TeacherConfig
+    from dho.teachers import build_teacher
+
+    with pytest.raises(FileNotFoundError, match="teacher.pretrained='openai' is not a file.*teacher.pretrained=null"):
+        build_teacher(TeacherConfig(kind="imagenet-bridge", pretrained="openai"), ["cat", "dog"])

@@ -105,3 +105,12 @@ def test_clip_tower_student_at_another_size_keeps_its_grid_through_a_checkpoint(
         torch.testing.assert_close(again(images).ce_logits, student(images).ce_logits)
     with pytest.raises(ValueError, match="runs only at its native 224 px"):
         build_student(StudentConfig(backbone="RN50", source="open_clip", image_size=160), ["a", "b"])
+
+
+def test_a_backbone_asked_of_the_wrong_library_says_which_has_it():
+    from dho.students import create_backbone
+
+    with pytest.raises(ValueError, match="torchvision has no model 'efficientnet_lite0' .timm has it: student.source=timm"):
+        create_backbone("efficientnet_lite0", source="torchvision", pretrained=True)
+    with pytest.raises(ValueError, match="timm has no model 'mobilenet_v2' .torchvision has it"):
+        create_backbone("mobilenet_v2", source="timm")

@@ -44,6 +44,12 @@ def _resolve_source(name: str, source: str) -> str:
     import timm
     import torchvision
 
+    if source == "torchvision" and name not in torchvision.models.list_models():
+        other = " (timm has it: student.source=timm)" if timm.is_model(name) else ""
+        raise ValueError(f"torchvision has no model {name!r}{other}")
+    if source == "timm" and not timm.is_model(name):
+        other = " (torchvision has it: student.source=torchvision)" if name in torchvision.models.list_models() else ""
+        raise ValueError(f"timm has no model {name!r}{other}")
     if source != "auto":
         return source
     if timm.is_model(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..config import TeacherConfig
 from .base import Teacher, TeacherOutput, prompt_name
@@ -21,6 +22,9 @@ def build_teacher(cfg: TeacherConfig, classnames: Sequence[str], dataset: str | 
     elif cfg.kind == "imagenet-bridge":
         from .imagenet_bridge import ImageNetBridgeTeacher
 
+        if cfg.pretrained and not Path(cfg.pretrained).expanduser().is_file():
+            raise FileNotFoundError(f"teacher.pretrained={cfg.pretrained!r} is not a file: the imagenet-bridge teacher takes "
+                                    "a local EfficientNet-Lite0 weights file, or teacher.pretrained=null for the packaged one")
         teacher = ImageNetBridgeTeacher(image_size=cfg.image_size or 224, tau=cfg.bridge_tau, zeta=cfg.zeta,
                                         weights=cfg.pretrained)
     elif cfg.kind == "synthetic":
