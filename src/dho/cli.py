@@ -36,6 +36,8 @@ SPLITS = ("test", "val", "labeled", "unlabeled")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dho", description="Dual-Head Optimization: distil a CLIP teacher into a small classifier.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also the libraries' own progress notes (open_clip, sentence-transformers, ...)")
     parser.add_argument("--version", action="version", version=f"dho {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -201,7 +203,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # dho's own notes at INFO; other libraries only warn unless asked (-v)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("dho").setLevel(logging.WARNING if args.quiet else logging.INFO)
     from .config import ConfigError
     from .stopping import TrainingInterrupted
 

@@ -316,10 +316,23 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
     return DualHeadStudent(backbone, preprocess, ce_head, kd_head, spec, classnames, projector)
 
 
+class _AboutToBeLoaded(logging.Filter):
+    """open_clip warns that a model built without weights is random: not so for one rebuilt to
+    receive a checkpoint's weights."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
     """Rebuild the architecture recorded in a checkpoint (random weights, nothing downloaded)."""
-    backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False,
-                                                timm_kwargs=spec.get("timm_kwargs"))
+    root, quiet = logging.getLogger(), _AboutToBeLoaded()
+    root.addFilter(quiet)
+    try:
+        backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False,
+                                                    timm_kwargs=spec.get("timm_kwargs"))
+    finally:
+        root.removeFilter(quiet)
     if num_features != spec["num_features"]:
         raise ValueError(f"backbone {spec['backbone']} has {num_features} features, checkpoint says {spec['num_features']}")
 
