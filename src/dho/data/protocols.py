@@ -42,9 +42,11 @@ def coop_fewshot(rows: list[Item], k: int, rng: random.Random) -> list[Item]:
     """CoOp's (Dassl's) few-shot draw over one split list: classes in order of their first row,
     rows in list order, ``rng.sample(rows of the class, k)`` from one generator shared by every
     class and by the validation draw that follows. Seeded with the run's seed it picks the same
-    images as CoOp's ``split_fewshot/shot_<K>-seed_<S>.pkl``. A class with fewer than k rows is
-    taken whole; the generator still advances as Dassl's k draws with replacement advance it, so
-    every later class gets CoOp's images (CoOp itself repeats random images of it up to k)."""
+    images as CoOp's ``split_fewshot/shot_<K>-seed_<S>.pkl`` whenever every class has k rows.
+    A smaller class is taken whole; the generator still advances as the k draws with replacement
+    of Dassl's ``repeat=True`` (its default in the versions CoOp-era code copied) advance it, so the
+    later classes get those versions' images. Dassl versions defaulting to ``repeat=False`` do not
+    draw for such a class, and their later classes differ."""
     by_label: dict[int, list[Item]] = {}
     for row in rows:
         by_label.setdefault(row[1], []).append(row)
