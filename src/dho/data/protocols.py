@@ -117,63 +117,24 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
     (``low_shot: per_class``), the images of ``subset_file`` (``file``) or the DHO code's balanced
     draw (``authors``). Unlabeled: the rest of train. Validation: the whole val split (``val_shots:
     full``) or min(K, 4) per class of it (``coop``); a dataset without one (ImageNet) carves it
-    from train before anything is labeled: ``val_fraction`` per class, or min(K, 4) per class."""
+    from the training images never labeled: ``val_fraction`` per class, or min(K, 4) per class."""
     seed, n = data.split_seed, len(pools.classes)
     info: dict = {"seed": seed, "shots": data.shots, "fraction": data.fraction, "protocol": _protocol_name(data),
-                  "shot_draw": data.shot_draw, **pools.info}
+                  "shot_draw": data.shot_draw, **pools.info, "test_source": "the test split"}
     train = _by_class(pools.train, n)
-    k_val = min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
     rng = random.Random(seed)  # shot_draw=coop: one generator, the labeled draw first, then val
+    drawn: set[Item] = set()
     if data.shot_draw == "coop":
         _check_small(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes)
         drawn = set(coop_fewshot(pools.train, data.shots, rng))
-    if pools.val:
-        val_groups = _by_class(pools.val, n)
-        if data.val_shots == "coop" and data.shot_draw == "coop":
-            val = coop_fewshot(pools.val, k_val, rng)
-            info["val_source"] = f"{k_val} per class of the val split (CoOp's draw)"
-        elif data.val_shots == "coop":
-            val = [it for c, g in enumerate(val_groups) for it in _draw(g, k_val, seed, f"val|{c}")[0]]
-            info["val_source"] = f"{k_val} per class of the val split"
-        else:
-            val, info["val_source"] = list(pools.val), "the val split"
-    else:
-        val = []
-        listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" else set()
-        labeled_already = drawn if data.shot_draw == "coop" else set()
-        for c, g in enumerate(train):  # never validate on a labeled image
-            free = [it for it in g if Path(it[0]).name not in listed and it not in labeled_already]
-            if data.val_shots == "coop":
-                k = min(k_val, len(free) - 1)
-            else:
-                k = min(len(free) - 1, max(1, round(len(free) * data.val_fraction))) if data.val_fraction > 0 else 0
-            picked = _draw(free, max(k, 0), seed, f"val|{c}")[0]
-            taken = set(picked)
-            train[c] = [it for it in g if it not in taken]
-            val += picked
-        info["val_source"] = (f"{k_val} per class carved from train" if data.val_shots == "coop"
-                              else f"carved {data.val_fraction:g} per class from train")
-    info["test_source"] = "the test split"
-
-    if data.shot_draw == "coop":
-        counts = [sum(it in drawn for it in g) for g in train]
-        for g in train:  # the drawn images first, as the subset rules below leave them
-            g[:] = [it for it in g if it in drawn] + [it for it in g if it not in drawn]
-    elif data.shots is not None:
-        counts = [data.shots] * n
-    elif data.low_shot == "file":
-        counts = _labeled_from_file(train, data.subset_file, pools.classes)
-        info["subset_file"] = str(data.subset_file)
-    elif data.low_shot == "authors":
-        counts = _authors_counts(train, data.fraction)
-    else:
-        counts = [max(1, round(len(g) * data.fraction)) for g in train]
+    val = _validation(pools, train, data, rng, drawn, info)
+    counts = _labeled_counts(pools, train, data, drawn, info)
     _check_small(pools.classes, [len(g) for g in train], counts, data.small_classes)
     labeled, unlabeled = [], []
     for c, (g, k) in enumerate(zip(train, counts)):
         if data.shot_draw != "coop" and (data.shots is not None or data.low_shot == "per_class"):
             a, b = _draw(g, min(k, len(g)), seed, f"shots|{c}")
-        else:  # the subset rule already put the chosen images first
+        else:  # the chosen images are first in each group
             a, b = sorted(g[:k]), sorted(g[k:])
         labeled += a
         unlabeled += b
@@ -182,10 +143,58 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
         groups = _by_class(unlabeled, n)
         unlabeled = [it for c, g in enumerate(groups) for it in _draw(g, round(len(g) * keep), seed, f"unlabeled|{c}")[0]]
         info["max_unlabeled"] = data.max_unlabeled
-    manifest = SplitManifest(str(pools.image_root.resolve()), list(pools.classes), sorted(labeled, key=lambda it: (it[1], it[0])),
-                             sorted(unlabeled, key=lambda it: (it[1], it[0])), val, list(pools.test), info)
+    by_class = lambda it: (it[1], it[0])  # noqa: E731
+    manifest = SplitManifest(str(pools.image_root.resolve()), list(pools.classes), sorted(labeled, key=by_class),
+                             sorted(unlabeled, key=by_class), val, list(pools.test), info)
     log.info("%s: %s", info["protocol"], manifest.summary())
     return manifest
+
+
+def _validation(pools: Pools, train: list[list[Item]], data, rng: random.Random, drawn: set[Item], info: dict) -> list[Item]:
+    """The validation images: from the val split, or carved out of ``train`` (which loses them)
+    where there is none, never from images labeled by a subset file or CoOp's draw (``drawn``)."""
+    seed, k_val = data.split_seed, min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
+    if pools.val:
+        if data.val_shots == "coop" and data.shot_draw == "coop":
+            info["val_source"] = f"{k_val} per class of the val split (CoOp's draw)"
+            return coop_fewshot(pools.val, k_val, rng)
+        if data.val_shots == "coop":
+            info["val_source"] = f"{k_val} per class of the val split"
+            return [it for c, g in enumerate(_by_class(pools.val, len(train))) for it in _draw(g, k_val, seed, f"val|{c}")[0]]
+        info["val_source"] = "the val split"
+        return list(pools.val)
+    val: list[Item] = []
+    listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" else set()
+    for c, g in enumerate(train):
+        free = [it for it in g if Path(it[0]).name not in listed and it not in drawn]
+        if data.val_shots == "coop":
+            k = min(k_val, len(free) - 1)
+        else:
+            k = min(len(free) - 1, max(1, round(len(free) * data.val_fraction))) if data.val_fraction > 0 else 0
+        picked = _draw(free, max(k, 0), seed, f"val|{c}")[0]
+        taken = set(picked)
+        train[c] = [it for it in g if it not in taken]
+        val += picked
+    info["val_source"] = (f"{k_val} per class carved from train" if data.val_shots == "coop"
+                          else f"carved {data.val_fraction:g} per class from train")
+    return val
+
+
+def _labeled_counts(pools: Pools, train: list[list[Item]], data, drawn: set[Item], info: dict) -> list[int]:
+    """How many images of each class are labeled; a subset rule (CoOp's draw, a subset file, the
+    balanced draw) also moves its chosen images to the front of each group."""
+    if data.shot_draw == "coop":
+        for g in train:
+            g[:] = [it for it in g if it in drawn] + [it for it in g if it not in drawn]
+        return [sum(it in drawn for it in g) for g in train]
+    if data.shots is not None:
+        return [data.shots] * len(train)
+    if data.low_shot == "file":
+        info["subset_file"] = str(data.subset_file)
+        return _labeled_from_file(train, data.subset_file, pools.classes)
+    if data.low_shot == "authors":
+        return _authors_counts(train, data.fraction)
+    return [max(1, round(len(g) * data.fraction)) for g in train]
 
 
 def _check_small(classes: list[str], sizes: list[int], counts: list[int], policy: str) -> None:
