@@ -272,3 +272,61 @@ def test_coop_draw_on_imagenet_carves_validation_after_the_shots(tmp_path):
     random.seed(1)
     assert sorted(m.labeled) == sorted(_dassl_fewshot(pools.train, 2))
     assert not set(m.val) & set(m.labeled) and sorted(m.labeled + m.unlabeled + m.val) == sorted(pools.train)
+
+
+def _coop_pickle(path, rows_by_split, prefix):
+    """A file as CoOp writes it: Dassl Datum objects (a stand-in module, gone before reading)."""
+    import pickle
+    import sys
+    import types
+
+    names = ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset")
+    for name in names:
+        sys.modules[name] = types.ModuleType(name)
+
+    class Datum:
+        def __init__(self, impath, label, classname):
+            self._impath, self._label, self._domain, self._classname = impath, label, 0, classname
+
+    Datum.__module__, Datum.__qualname__ = names[-1], "Datum"
+    sys.modules[names[-1]].Datum = Datum
+    try:
+        data = {k: [Datum(f"{prefix}/{rel}", y, "c") for rel, y in rows] for k, rows in rows_by_split.items()}
+        path.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        for name in names:
+            del sys.modules[name]
+
+
+def test_coop_fewshot_file_gives_its_exact_images(tmp_path):
+    import pickle
+
+    root = write_coop_tree(tmp_path, per_class={"train": 9, "val": 5, "test": 1})
+    pools = read_coop(root, "dtd")
+    train = [r for y in range(3) for r in [it for it in pools.train if it[1] == y][2:4]]  # 2 per class
+    val = [it for it in pools.val if it[0].endswith(("_01.png", "_03.png"))]
+    path = tmp_path / "shot_2-seed_7.pkl"
+    _coop_pickle(path, {"train": train, "val": val}, "/home/someone/DATA/dtd/images")
+    m = splits_for(coop(root, shots=2, fewshot_file=str(path), val_shots="coop"))
+    assert sorted(m.labeled) == sorted(train) and sorted(m.val) == sorted(val)
+    assert sorted(m.labeled + m.unlabeled) == sorted(pools.train)
+    assert "CoOp's file shot_2-seed_7.pkl" in m.info["protocol"]
+    assert sorted(splits_for(coop(root, shots=2, fewshot_file=str(path))).val) == sorted(pools.val)  # val_shots=full
+    with pytest.raises(ValueError, match="labels 2 image.s. of class 'banded', not data.shots=3"):
+        splits_for(coop(root, shots=3, fewshot_file=str(path)))
+
+    moved = tmp_path / "elsewhere.pkl"  # a path this split list does not have
+    _coop_pickle(moved, {"train": [("banded/nope.png", 0)]}, "/x")
+    with pytest.raises(ValueError, match="train image '/x/banded/nope.png' is not in this dataset's split list"):
+        splits_for(coop(root, shots=1, fewshot_file=str(moved)))
+
+    class Hostile:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    hostile = tmp_path / "hostile.pkl"
+    hostile.write_bytes(pickle.dumps({"train": [Hostile()]}))
+    with pytest.raises(ValueError, match="not a CoOp few-shot file: holds a builtins.print object"):
+        splits_for(coop(root, shots=1, fewshot_file=str(hostile)))
+    with pytest.raises(ConfigError, match="data.fewshot_file names CoOp's K-shot draw"):
+        DataConfig(root=str(root), shots=2, fewshot_file=str(path))

@@ -58,7 +58,9 @@ def test_damaged_or_swapped_weights_are_refused(tmp_path):
 
 
 def test_no_loader_executes_code():
-    """Every torch.load asks for weights only; nothing unpickles or evaluates YAML tags."""
+    """Every torch.load asks for weights only; nothing evaluates YAML tags; nothing unpickles but
+    the reader of CoOp's few-shot files, whose unpickler builds Dassl image records and nothing
+    else (test_benchmarks feeds it a hostile file)."""
     import pathlib
     import re
 
@@ -69,4 +71,8 @@ def test_no_loader_executes_code():
             assert "weights_only=True" in call, (path, call)
         for call in re.findall(r"np\.load\([^)]*\)", text):
             assert "allow_pickle=False" in call, (path, call)
-        assert not re.search(r"import pickle|pickle\.loads?\(|Unpickler|yaml\.load\(|yaml\.unsafe_load|yaml\.Loader\b", text), path
+        assert not re.search(r"yaml\.load\(|yaml\.unsafe_load|yaml\.Loader\b", text), path
+        if path.relative_to(src).as_posix() == "data/coop_files.py":
+            assert re.search(r"def find_class.*\n.*if name == \"Datum\"", text) and "pickle.load(" not in text, path
+            continue
+        assert not re.search(r"import pickle|pickle\.loads?\(|Unpickler", text), path

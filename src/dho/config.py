@@ -116,6 +116,7 @@ class DataConfig:
     split_file: str | None = None  # coop: the split JSON; imagenet: classnames.txt (default: found under root)
     val_shots: Literal["full", "coop"] = "full"  # benchmarks: the whole val split, or min(shots, 4) per class (CoOp)
     shot_draw: Literal["dho", "coop"] = "dho"  # benchmarks: K shots per class independently, or CoOp's sequential draw
+    fewshot_file: str | None = None  # benchmarks: CoOp's split_fewshot/shot_<K>-seed_<S>.pkl, its exact draw
     low_shot: Literal["per_class", "authors", "file"] = "per_class"  # with fraction: how the labeled subset is drawn
     subset_file: str | None = None  # low_shot=file: image file names, one a line (the SimCLR 1% / 10% lists)
     manifest_dir: str | None = None  # benchmarks: drawn splits are cached here as JSON manifests
@@ -181,6 +182,9 @@ class DataConfig:
                 raise ConfigError("data.small_classes=drop works with data.format=folder only; use take_all or error")
         if self.low_shot == "file" and self.shots is None and not self.subset_file:
             raise ConfigError("data.low_shot=file needs data.subset_file (one image file name a line)")
+        if self.fewshot_file and (self.format == "folder" or self.shots is None):
+            raise ConfigError("data.fewshot_file names CoOp's K-shot draw of a benchmark: it needs a benchmark "
+                              "data.format and data.shots")
         if self.shot_draw == "coop" and (self.format == "folder" or self.shots is None):
             raise ConfigError("data.shot_draw=coop draws K shots from a benchmark's split list: it needs a benchmark "
                               "data.format and data.shots")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .benchmarks import Pools, read_pools
+from .coop_files import read_coop_fewshot
 from .splits import SplitManifest
 
 __all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "coop_fewshot", "protocol_manifest", "read_subset_file"]
@@ -124,15 +125,21 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
     train = _by_class(pools.train, n)
     rng = random.Random(seed)  # shot_draw=coop: one generator, the labeled draw first, then val
     drawn: set[Item] = set()
-    if data.shot_draw == "coop":
+    coop_val = None
+    if data.fewshot_file:
+        labeled_list, coop_val = read_coop_fewshot(data.fewshot_file, pools.train, pools.val)
+        drawn = set(labeled_list)
+        _check_file_shots(pools.classes, [len(g) for g in train], drawn, data)
+        info["fewshot_file"] = str(data.fewshot_file)
+    elif data.shot_draw == "coop":
         _check_small(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes)
         drawn = set(coop_fewshot(pools.train, data.shots, rng))
-    val = _validation(pools, train, data, rng, drawn, info)
+    val = _validation(pools, train, data, rng, drawn, info, coop_val)
     counts = _labeled_counts(pools, train, data, drawn, info)
     _check_small(pools.classes, [len(g) for g in train], counts, data.small_classes)
     labeled, unlabeled = [], []
     for c, (g, k) in enumerate(zip(train, counts)):
-        if data.shot_draw != "coop" and (data.shots is not None or data.low_shot == "per_class"):
+        if data.shot_draw != "coop" and not data.fewshot_file and (data.shots is not None or data.low_shot == "per_class"):
             a, b = _draw(g, min(k, len(g)), seed, f"shots|{c}")
         else:  # the chosen images are first in each group
             a, b = sorted(g[:k]), sorted(g[k:])
@@ -150,11 +157,16 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
     return manifest
 
 
-def _validation(pools: Pools, train: list[list[Item]], data, rng: random.Random, drawn: set[Item], info: dict) -> list[Item]:
-    """The validation images: from the val split, or carved out of ``train`` (which loses them)
-    where there is none, never from images labeled by a subset file or CoOp's draw (``drawn``)."""
+def _validation(pools: Pools, train: list[list[Item]], data, rng: random.Random, drawn: set[Item], info: dict,
+                coop_val: list[Item] | None = None) -> list[Item]:
+    """The validation images: from the val split (``coop_val``: those CoOp's file names), or carved
+    out of ``train`` (which loses them) where there is none, never from images labeled by a subset
+    file or CoOp's draw (``drawn``)."""
     seed, k_val = data.split_seed, min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
     if pools.val:
+        if data.val_shots == "coop" and coop_val is not None:
+            info["val_source"] = f"the {len(coop_val)} val images of {Path(data.fewshot_file).name}"
+            return coop_val
         if data.val_shots == "coop" and data.shot_draw == "coop":
             info["val_source"] = f"{k_val} per class of the val split (CoOp's draw)"
             return coop_fewshot(pools.val, k_val, rng)
@@ -183,7 +195,7 @@ def _validation(pools: Pools, train: list[list[Item]], data, rng: random.Random,
 def _labeled_counts(pools: Pools, train: list[list[Item]], data, drawn: set[Item], info: dict) -> list[int]:
     """How many images of each class are labeled; a subset rule (CoOp's draw, a subset file, the
     balanced draw) also moves its chosen images to the front of each group."""
-    if data.shot_draw == "coop":
+    if data.shot_draw == "coop" or data.fewshot_file:
         for g in train:
             g[:] = [it for it in g if it in drawn] + [it for it in g if it not in drawn]
         return [sum(it in drawn for it in g) for g in train]
@@ -205,19 +217,33 @@ def _check_small(classes: list[str], sizes: list[int], counts: list[int], policy
                          f"{f' (so do {len(small) - 1} more)' if len(small) > 1 else ''}; set data.small_classes=take_all")
 
 
+def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], data) -> None:
+    """CoOp's file must hold ``data.shots`` images of each class (of a smaller class, some: CoOp
+    may have drawn it with replacement)."""
+    counts = [0] * len(classes)
+    for _, y in drawn:
+        counts[y] += 1
+    wrong = [(classes[c], got) for c, got in enumerate(counts)
+             if (got != data.shots if sizes[c] >= data.shots else not 1 <= got <= sizes[c])]
+    if wrong:
+        name, got = wrong[0]
+        raise ValueError(f"{data.fewshot_file} labels {got} image(s) of class {name!r}, not data.shots={data.shots}"
+                         f"{f' (nor does it for {len(wrong) - 1} more)' if len(wrong) > 1 else ''}")
+
+
 def _protocol_name(data) -> str:
     if data.shots is not None:
         what = f"{data.shots}-shot"
     else:
         what = {"file": "subset-file", "authors": f"balanced-random-seed{AUTHORS_SUBSET_SEED}",
                 "per_class": "per-class"}[data.low_shot] + f" {data.fraction:g}"
-    draw = ", CoOp's draw" if data.shot_draw == "coop" else ""
+    draw = f", CoOp's file {Path(data.fewshot_file).name}" if data.fewshot_file else ", CoOp's draw" if data.shot_draw == "coop" else ""
     return f"{data.dataset or data.format} {what}{draw}, seed {data.split_seed}, val {data.val_shots}"
 
 
 def _cache_key(data) -> str:
     fields = ("format", "dataset", "root", "split_file", "shots", "fraction", "split_seed", "val_shots", "val_fraction",
-              "low_shot", "subset_file", "max_unlabeled", "small_classes", "shot_draw")
+              "low_shot", "subset_file", "max_unlabeled", "small_classes", "shot_draw", "fewshot_file")
     text = json.dumps({f: getattr(data, f) for f in fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
