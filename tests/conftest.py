@@ -100,23 +100,26 @@ def write_png(path: Path, seed: int, size: int = 12) -> None:
 
 
 def write_coop_tree(root: Path, per_class: dict[str, int] | None = None,
-                    classes: tuple[str, ...] = ("banded", "braided", "cracked")) -> Path:
-    """A tiny DTD in CoOp's layout: ``root/dtd/images/<class>/<n>.png`` and
-    ``root/dtd/split_zhou_DescribableTextures.json``; returns ``root``."""
+                    classes: tuple[str, ...] = ("banded", "braided", "cracked"), dataset: str = "dtd") -> Path:
+    """A tiny CoOp-layout dataset (DTD by default): ``root/<folder>/<images>/<class>/<n>.png`` and
+    its ``split_zhou_<Name>.json``; returns ``root``."""
     import json
 
+    from dho.data.benchmarks import DATASETS
+
+    bench = DATASETS[dataset]
     per_class = per_class or {"train": 6, "val": 3, "test": 2}
-    base = root / "dtd"
+    base = root / bench.folder
     split: dict[str, list] = {k: [] for k in per_class}
     n = 0
     for label, name in enumerate(classes):
         for key, count in per_class.items():
             for i in range(count):
                 rel = f"{name}/{name}_{key}_{i:02d}.png"
-                write_png(base / "images" / rel, n)
+                write_png(base / bench.images / rel, n)
                 split[key].append([rel, label, name])
                 n += 1
-    (base / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    (base / bench.split_file).write_text(json.dumps(split))
     return root
 
 

@@ -330,3 +330,40 @@ def test_coop_fewshot_file_gives_its_exact_images(tmp_path):
         splits_for(coop(root, shots=1, fewshot_file=str(hostile)))
     with pytest.raises(ConfigError, match="data.fewshot_file names CoOp's K-shot draw"):
         DataConfig(root=str(root), shots=2, fewshot_file=str(path))
+
+
+def test_every_paper_preset_draws_its_splits_from_a_replica_of_its_data(tmp_path):
+    """Each preset's data section, pointed at a tiny copy of its on-disk format, yields the
+    protocol its header names (shots lowered to fit the replicas)."""
+    from pathlib import Path
+
+    from dho.config import load_config
+
+    write_fgvc_tree(tmp_path / "fgvc")
+    write_imagenet_tree(tmp_path / "imagenet")
+    (tmp_path / "1percent.txt").write_text("n01440764_train0.JPEG\nn01443537_train3.JPEG\nn01484850_train7.JPEG\n")
+    presets = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
+    for path in presets:
+        cfg = load_config(path)
+        d = cfg.data
+        if d.format == "coop":
+            root = write_coop_tree(tmp_path / "coop", per_class={"train": 6, "val": 5, "test": 2}, dataset=d.dataset)
+        else:
+            root = tmp_path / d.format
+        extra = [f"data.root={root}", f"data.manifest_dir={tmp_path / 'manifests'}"]
+        extra += ["data.shots=2"] if d.shots is not None else [f"data.subset_file={tmp_path / '1percent.txt'}"]
+        m = splits_for(load_config(path, extra).data)
+        protocol = m.info["protocol"]
+        assert protocol.startswith(d.dataset), (path.name, protocol)
+        if d.shots is not None:  # few-shot presets: CoOp's draw, K per class
+            assert "2-shot, CoOp's draw" in protocol and _counts(m.labeled) == dict.fromkeys(range(len(m.classes)), 2)
+        else:  # low-shot presets: the subset file's three images, no validation (alpha = beta = 0.5)
+            assert "subset-file" in protocol and len(m.labeled) == 3 and m.val == []
+        assert m.test and not set(m.labeled) & set(m.unlabeled)
+
+
+def _counts(items):
+    out = {}
+    for _, y in items:
+        out[y] = out.get(y, 0) + 1
+    return out
