@@ -112,6 +112,8 @@ def test_eval_on_wordnet_id_folders_without_a_variant(tmp_path):
     ids = imagenet_wnids()
     assert logits.labels.tolist() == [ids.index("n01440764"), ids.index("n01491361")]
 
+    with pytest.raises(ValueError, match="holds val/ rather than class folders: name one of them, e.g. --data .*val"):
+        checkpoint_logits(tmp_path / "small", data=tmp_path)  # the dataset root, not its split
     write_png(tmp_path / "val" / "n99999999" / "x.JPEG", 3)
     with pytest.raises(ValueError, match="n99999999"):
         checkpoint_logits(tmp_path / "small", data=tmp_path / "val")

@@ -111,8 +111,12 @@ def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str |
 
         root = Path(data)
         root = root / split if (root / split).is_dir() else root
-        wnids = _wnids(meta)
-        by_wnid = wnids is not None and not set(list_classes(root)) <= set(meta["classes"])
+        wnids, folders = _wnids(meta), set(list_classes(root))
+        by_wnid = wnids is not None and not folders <= set(meta["classes"])
+        splits = sorted(folders & {"train", "val", "test", "images"})
+        if splits and not folders <= set(meta["classes"]) | set(wnids or ()):
+            raise ValueError(f"{root} holds {', '.join(f'{s}/' for s in splits)} rather than class folders: "
+                             f"name one of them, e.g. --data {root / splits[-1]}")
         manifest = folder_manifest(root, meta["classes"], wnids if by_wnid else None)
         return manifest, manifest.test
     ckpt = Path(checkpoint)
