@@ -159,7 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .checkpoint import update_mixing
     from .evaluate import checkpoint_logits
-    from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
+    from .mixing import search_mixing, write_grid_csv
 
     if args.split == "test" and args.data is None:
         raise ValueError("refusing to tune alpha/beta on the test split; use --split val (selection never sees test)")
@@ -167,17 +167,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not student.dual_head:
         raise ValueError("this checkpoint has a single head; there is nothing to mix")
     best = search_mixing(logits.ce, logits.kd, logits.labels)
-    grid = mixing_grid(logits.ce, logits.kd, logits.labels, DEFAULT_ALPHAS, DEFAULT_BETAS)
     print(f"best on {args.data or args.split}: alpha={best.alpha:.2f} beta={best.beta:.2f} accuracy={_pct(best.accuracy).strip()}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        with (out / "grid.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["beta", "alpha", "accuracy"])
-            for bi, b in enumerate(DEFAULT_BETAS):
-                for ai, a in enumerate(DEFAULT_ALPHAS):
-                    writer.writerow([b, a, f"{float(grid[bi, ai]):.6f}"])
+        write_grid_csv(out / "grid.csv", logits.ce, logits.kd, logits.labels)
         print(f"wrote {out / 'grid.csv'}")
         _write_json(args.out, "tune.json", {"split": args.split, **best._asdict()})
     if args.write:

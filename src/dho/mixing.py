@@ -6,12 +6,14 @@ p = alpha * softmax(ce_logits) + (1 - alpha) * softmax(kd_logits / beta)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "MixingResult", "mix_probs", "mixing_grid", "search_mixing"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "MixingResult", "mix_probs", "mixing_grid", "search_mixing", "tune_mixing",
+           "write_grid_csv"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
 DEFAULT_BETAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
@@ -74,3 +76,28 @@ def search_mixing(
     best = int(torch.argmax(flat))  # first maximum
     bi, ai = divmod(best, len(alphas))
     return MixingResult(float(alphas[order[ai]]), float(betas[bi]), float(flat[best]))
+
+
+def tune_mixing(cfg, student, val_logits) -> dict:
+    """A run's alpha/beta (``cfg`` a RunConfig): from the validation grid, or the documented
+    defaults without validation data; (1, 1), i.e. h_CE alone, for single-head students and the
+    methods that predict with h_CE."""
+    from .losses import METHOD_SPECS
+
+    if not student.dual_head:
+        return {"alpha": 1.0, "beta": 1.0, "selection": "single head"}
+    if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
+        return {"alpha": 1.0, "beta": 1.0, "selection": f"{cfg.loss.method} predicts with h_CE"}
+    if val_logits is None or len(val_logits.labels) == 0:
+        return {"alpha": cfg.eval.alpha, "beta": cfg.eval.beta, "selection": "default (no validation data)"}
+    best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
+    return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
+
+
+def write_grid_csv(path: str | Path, ce_logits: Tensor, kd_logits: Tensor, labels: Tensor) -> None:
+    """The accuracy of every (alpha, beta) of the default grid as CSV rows ``alpha,beta,accuracy``
+    (the heat maps of `dho report`)."""
+    grid = mixing_grid(ce_logits, kd_logits, labels)  # [betas, alphas]
+    rows = ["alpha,beta,accuracy"] + [f"{a:g},{b:g},{float(grid[bi, ai]):.6f}" for bi, b in enumerate(DEFAULT_BETAS)
+                                      for ai, a in enumerate(DEFAULT_ALPHAS)]
+    Path(path).write_text("\n".join(rows) + "\n")

@@ -36,7 +36,7 @@ from .distributed import DistContext
 from .evaluate import SplitLogits, collect_logits, score
 from .gradients import gradient_conflict, pcgrad_backward
 from .losses import METHOD_SPECS, method_loss
-from .mixing import DEFAULT_ALPHAS, DEFAULT_BETAS, mixing_grid, search_mixing
+from .mixing import tune_mixing, write_grid_csv
 from .optim import build_optimizer, build_scheduler
 from .plan import planned_views, steps_per_epoch, total_steps, training_view_size
 from .precision import autocast, resolve_precision
@@ -105,26 +105,6 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-
-def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits) -> dict:
-    """alpha/beta from the validation grid, or the documented defaults without validation data."""
-    if not student.dual_head:
-        return {"alpha": 1.0, "beta": 1.0, "selection": "single head"}
-    if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
-        return {"alpha": 1.0, "beta": 1.0, "selection": f"{cfg.loss.method} predicts with h_CE"}
-    if val_logits is None or len(val_logits.labels) == 0:
-        return {"alpha": cfg.eval.alpha, "beta": cfg.eval.beta, "selection": "default (no validation data)"}
-    best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
-    return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
-
-
-def write_mixing_grid(path: Path, val_logits) -> None:
-    """The validation accuracy of every (alpha, beta) of the search grid, as CSV (for heat maps)."""
-    grid = mixing_grid(val_logits.ce, val_logits.kd, val_logits.labels)  # [betas, alphas]
-    rows = ["alpha,beta,accuracy"] + [f"{a:g},{b:g},{float(grid[bi, ai]):.6f}" for bi, b in enumerate(DEFAULT_BETAS)
-                                      for ai, a in enumerate(DEFAULT_ALPHAS)]
-    path.write_text("\n".join(rows) + "\n")
 
 
 def _build_student(cfg: RunConfig, teacher: Teacher, classes: list[str]) -> DualHeadStudent:
@@ -399,7 +379,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
                                   "param_checksums": distributed.all_gather_float(ctx, distributed.param_checksum(student))}
     if ctx.is_main:
         if val_logits is not None and len(val_logits.labels) and student.dual_head:
-            write_mixing_grid(run_dir / "mixing_grid.csv", val_logits)
+            write_grid_csv(run_dir / "mixing_grid.csv", val_logits.ce, val_logits.kd, val_logits.labels)
         save_checkpoint(student, run_dir / "checkpoint", templates=list(teacher.templates), teacher=teacher.describe(),
                         mixing=mix, config=cfg.to_dict(), split=manifest.info,
                         metrics={"test": test.get("mixed", test.get("ce_head"))},
