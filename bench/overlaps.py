@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from dho.data.decode import content_digest
-from dho.data.duplicates import split_overlaps
+from dho.data.duplicates import overlap_lines, split_overlaps
 from dho.data.splits import SPLITS, SplitManifest, make_splits
 from timing import machine, report, side_by_side
 
@@ -29,13 +29,7 @@ def hash_everything(manifest: SplitManifest) -> list[str]:
             path = manifest.path(rel)
             by_path[os.path.realpath(path)].add((split, rel))
             by_hash[content_digest(path.read_bytes())].add((split, rel))
-    out = []
-    for kind, groups in (("is the same file", by_path), ("has the same content", by_hash)):
-        for found in groups.values():
-            if len({s for s, _ in found}) > 1:
-                (s1, p1), (s2, p2) = sorted(found)[:2]
-                out.append(f"{s1} {p1} {kind} as {s2} {p2}")
-    return out
+    return overlap_lines(by_path, by_hash)
 
 
 def large_jpegs(cifar: Path, out: Path, n: int = 4000, size: int = 384) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .decode import content_digest
 from .splits import SPLITS, SplitManifest
 
-__all__ = ["check_overlaps", "split_overlaps"]
+__all__ = ["check_overlaps", "overlap_lines", "split_overlaps"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def split_overlaps(manifest: SplitManifest) -> list[str]:
                 continue
             for content, same in _groups(same_head, lambda p: content_digest(p.read_bytes())):
                 by_hash[content].update((split, rel) for split, rel, _ in same)
+    return overlap_lines(by_path, by_hash)
+
+
+def overlap_lines(by_path: dict, by_hash: dict) -> list[str]:
+    """One line per group (of one file, or of one content) whose (split, path) members span splits."""
     out = []
     for kind, groups in (("is the same file", by_path), ("has the same content", by_hash)):
         for found in groups.values():
