@@ -175,3 +175,20 @@ def tiny_clip(tmp_path_factory):
     (folder / "dho-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(folder)
     return "dho-tiny-clip"
+
+
+def sigterm_at_step(monkeypatch, call: int) -> None:
+    """SIGTERM arrives while the loss of training step ``call`` is computed (a real signal, in
+    this process); every later step computes as usual."""
+    import importlib
+
+    train_module = importlib.import_module("dho.train")  # the module (dho.train is also the function)
+    real, calls = train_module.method_loss, []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "method_loss", loss)

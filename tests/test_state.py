@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sigterm_at_step
 
 from dho.atomic import DamagedCheckpoint, read_marker, write_dir_atomic
 from dho.state import _join, _split, load_state
@@ -61,19 +62,6 @@ def test_a_failed_write_leaves_the_old_directory(tmp_path):
     assert not list(tmp_path.glob(".*"))
 
 
-def _interrupt_at(monkeypatch, call: int):
-    """SIGTERM arrives while the loss of step ``call`` is computed (a real signal, in this process)."""
-    real, calls = TRAIN.method_loss, []
-
-    def loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(TRAIN, "method_loss", loss)
-
-
 def _assert_same_weights(a, b):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
@@ -90,7 +78,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cfg, tmp_p
     whole = train(cfg.override({"out": str(tmp_path / "whole")}))
 
     run, handler = tmp_path / "cut", signal.getsignal(signal.SIGTERM)
-    _interrupt_at(monkeypatch, 5)
+    sigterm_at_step(monkeypatch, 5)
     with pytest.raises(TrainingInterrupted, match="SIGTERM after step 5 of 6") as info:
         train(cfg.override({"out": str(run)}))
     monkeypatch.undo()
@@ -117,7 +105,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cfg, tmp_p
 
 
 def test_resume_refuses_a_changed_config_and_a_finished_run(tiny_cfg, monkeypatch):
-    _interrupt_at(monkeypatch, 2)
+    sigterm_at_step(monkeypatch, 2)
     with pytest.raises(TrainingInterrupted):
         train(tiny_cfg)
     monkeypatch.undo()

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import torch
+from conftest import sigterm_at_step
 
 from dho.cli import main
 from dho.state import load_state
@@ -54,15 +55,7 @@ def test_second_signal_stops_at_once():
 def test_cli_reports_interrupts_and_nan_in_one_line(synth_root, tmp_path, monkeypatch, capsys):
     args = ["train", "--out", str(tmp_path / "run"), f"data.root={synth_root}", "data.shots=2", "student.image_size=32",
             "optim.epochs=4", "optim.batch_size=8", "threads=2"]
-    real, calls = TRAIN.method_loss, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(TRAIN, "method_loss", interrupted)
+    sigterm_at_step(monkeypatch, 2)
     assert main(args) == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("dho: stopped by SIGTERM after step 2 of 4") and f"dho train --resume {tmp_path / 'run'}" in err

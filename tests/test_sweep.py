@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import sigterm_at_step
 
 from dho.config import ConfigError
 from dho.sweep import SweepConfig, load_sweep, run_sweep
@@ -97,11 +98,6 @@ def test_sweep_report_and_feature_tools_from_the_command_line(tmp_path, synth_ro
 def test_a_run_cut_short_resumes_from_its_state_when_the_sweep_is_run_again(tmp_path, synth_root, monkeypatch, caplog):
     import hashlib
     import logging
-    import signal
-
-    import importlib
-
-    TRAIN = importlib.import_module("dho.train")
 
     path = tmp_path / "sweep.yaml"
     path.write_text(f"""
@@ -114,20 +110,12 @@ run:
 """)
     sweep, base = load_sweep(path)
     run_sweep(sweep, base, tmp_path / "whole")
-    real, calls = TRAIN.method_loss, []
-
-    def loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(TRAIN, "method_loss", loss)
+    sigterm_at_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="1 sweep run"):
         run_sweep(sweep, base, tmp_path / "cut")
     run = "zero-shot/2shot/seed0/dho"
     assert (tmp_path / "cut" / run / "state").is_dir() and not (tmp_path / "cut" / run / "results.json").exists()
-    monkeypatch.setattr(TRAIN, "method_loss", real)
+    monkeypatch.undo()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dho.train"):
         run_sweep(sweep, base, tmp_path / "cut")
