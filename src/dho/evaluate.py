@@ -15,7 +15,7 @@ from .mixing import mix_probs
 from .students import DualHeadStudent
 from .teachers import Teacher
 
-__all__ = ["SplitLogits", "collect_logits", "head_agreement", "score"]
+__all__ = ["SplitLogits", "collect_logits", "head_agreement", "own_size_logits", "score"]
 
 
 @dataclass
@@ -52,6 +52,19 @@ def collect_logits(views: Dataset, student: DualHeadStudent | None = None, teach
         student.train(was_training)
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
     return SplitLogits(torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), cat(ce), cat(kd), cat(tl))
+
+
+def own_size_logits(store, student: DualHeadStudent, teacher: Teacher | None = None, collect=collect_logits,
+                    **kw) -> SplitLogits:
+    """Logits of every image of ``store`` (an ImageStore), each model on centre crops at its own
+    input size, as each is used on its own: the student's are those its exported graph gives.
+    ``collect`` runs one model over views (``collect_logits``, or a distributed version of it)."""
+    from .data import EvalViews
+
+    logits = collect(EvalViews(store, student.preprocess.size), student, None, **kw)
+    if teacher is not None:
+        logits.teacher = collect(EvalViews(store, teacher.image_size), None, teacher, **kw).teacher
+    return logits
 
 
 def _accuracy(logits_or_probs: Tensor, labels: Tensor) -> float:
@@ -139,7 +152,7 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
     On a class-subset test set (ImageNet-R / -A) the other classes' logits are -inf."""
     from .checkpoint import load_metadata, load_student
     from .config import RunConfig
-    from .data import EvalViews, ImageStore
+    from .data import ImageStore
     from .data.variants import mask_logits
     from .teachers import build_teacher
 
@@ -152,11 +165,8 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
         teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
         if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
-    store = ImageStore(manifest, items, in_memory=False)  # each model at its own size, as training scores them
-    kw = {"batch_size": batch_size, "device": device, "progress": progress, "desc": split}
-    logits = collect_logits(EvalViews(store, student.preprocess.size), student, None, **kw)
-    if teacher is not None:
-        logits.teacher = collect_logits(EvalViews(store, teacher.image_size), None, teacher, **kw).teacher
+    logits = own_size_logits(ImageStore(manifest, items, in_memory=False), student, teacher, batch_size=batch_size,
+                             device=device, progress=progress, desc=split)
     subset = manifest.info.get("class_subset")
     logits = SplitLogits(logits.labels, *(mask_logits(t, subset) for t in (logits.ce, logits.kd, logits.teacher)))
     return logits, meta, student

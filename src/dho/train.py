@@ -17,6 +17,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from .data import EvalViews, ImageStore, SplitManifest, TrainViews
 from .data.duplicates import check_overlaps
 from .data.splits import splits_for
 from .distributed import DistContext
-from .evaluate import SplitLogits, collect_logits, score
+from .evaluate import SplitLogits, collect_logits, own_size_logits, score
 from .gradients import gradient_conflict, pcgrad_backward
 from .losses import METHOD_SPECS, method_loss
 from .mixing import tune_mixing, write_grid_csv
@@ -124,15 +125,6 @@ def _collect(ctx: DistContext, views: Dataset, student: DualHeadStudent, teacher
     part = collect_logits(Subset(views, range(ctx.rank, len(views), ctx.world_size)), student, teacher, **kw)
     n = len(views)
     return SplitLogits(*(distributed.gather_rows(ctx, t, n) for t in (part.labels, part.ce, part.kd, part.teacher)))
-
-
-def _evaluate(ctx: DistContext, store: ImageStore, student: DualHeadStudent, teacher: Teacher | None, **kw) -> SplitLogits:
-    """Centre crops of a split, each model's at its own input size (as each is used on its own):
-    the student's scores are those its exported graph and ``dho eval`` give."""
-    logits = _collect(ctx, EvalViews(store, student.preprocess.size), student, None, **kw)
-    if teacher is not None:
-        logits.teacher = _collect(ctx, EvalViews(store, teacher.image_size), None, teacher, **kw).teacher
-    return logits
 
 
 def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) -> TeacherCache | None:
@@ -359,13 +351,13 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
         student.load_state_dict(best["state"])
         log.info("kept epoch %d (validation %.4f)", best["epoch"], best["val"])
     eval_kw = {"batch_size": cfg.eval.batch_size, "device": device, "progress": progress and ctx.is_main,
-               "num_workers": d.num_workers}
+               "num_workers": d.num_workers, "collect": partial(_collect, ctx)}
     eval_teacher = teacher if cfg.eval.teacher else None
-    val_logits = _evaluate(ctx, val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
+    val_logits = own_size_logits(val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix["alpha"], mix["beta"]
     test_store = store(manifest.test, "test") if manifest.test else None
-    test_logits = _evaluate(ctx, test_store, student, eval_teacher, desc="test", **eval_kw) if test_store else None
+    test_logits = own_size_logits(test_store, student, eval_teacher, desc="test", **eval_kw) if test_store else None
     test = score(test_logits, student.alpha, student.beta) if test_logits is not None else {}
     results = {
         "method": cfg.loss.method, "steps": steps, "epochs_kept": best["epoch"] or cfg.optim.epochs,
