@@ -59,17 +59,34 @@ class TeacherConfig:
     templates: str = "auto"  # "auto": the set named after data.dataset, else "default"
     zeta: float = 0.01
     image_size: int | None = None  # None: the model's own input size
+    quick_gelu: bool | None = None  # openclip: None = QuickGELU when the weights want it (OpenAI's)
+    # w_c from a class's prompt embeddings (each normalised, averaged): normalised again (the paper),
+    # or "mean" without (the authors' DFN teacher)
+    class_embedding: Literal["renormalized", "mean"] = "renormalized"
     bridge_tau: float = 0.1  # imagenet-bridge only
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
     adapter: Literal["none", "tip", "tip-f"] = "none"  # few-shot teacher: Tip-Adapter(-F) on the labeled shots
     adapter_views: int = 10  # augmented views of each shot for the cache keys (and Tip-Adapter-F's training)
     adapter_epochs: int = 20  # Tip-Adapter-F key fine-tuning
+    # cache keys: each view's feature normalised, averaged, normalised again; raw_mean = Tip-Adapter's
+    # raw features averaged (the same accuracy measured, but it cannot replay cached outputs)
+    adapter_keys: Literal["raw_mean", "normalized_mean"] = "normalized_mean"
+    adapter_train_views: Literal["fresh", "fixed"] = "fresh"  # Tip-Adapter-F: a new view per epoch, or the key views
+    adapter_grid: Literal["dho", "tip"] = "dho"  # (a, b): scaled to the zero-shot logits, or Tip-Adapter's per dataset
+    adapter_file: str | None = None  # the DHO authors' Tip-Adapter-F teacher file (a torch dict), read, not fitted
     cache: str | None = None  # a directory written by `dho cache-teacher`: outputs replayed, misses computed
 
     def __post_init__(self) -> None:
         check_choice("teacher.kind", self.kind, TEACHER_KINDS)
         check_choice("teacher.adapter", self.adapter, ADAPTERS)
+        check_choice("teacher.class_embedding", self.class_embedding, ("renormalized", "mean"))
+        check_choice("teacher.adapter_keys", self.adapter_keys, ("raw_mean", "normalized_mean"))
+        check_choice("teacher.adapter_train_views", self.adapter_train_views, ("fresh", "fixed"))
+        check_choice("teacher.adapter_grid", self.adapter_grid, ("dho", "tip"))
+        if self.adapter_file and self.adapter != "tip-f":
+            raise ConfigError(f"teacher.adapter_file holds a Tip-Adapter-F teacher: it needs teacher.adapter=tip-f, "
+                              f"not {self.adapter}")
         check_positive("teacher.adapter_views", self.adapter_views)
         check_positive("teacher.adapter_epochs", self.adapter_epochs)
         check_positive("teacher.zeta", self.zeta)
@@ -87,19 +104,32 @@ class StudentConfig:
     source: Literal["auto", "timm", "torchvision", "open_clip"] = "auto"  # open_clip: a CLIP image tower
     pretrained: bool = False
     weights: str | None = None  # local weights file for the backbone (safetensors or .pt)
+    torchvision_weights: str = "IMAGENET1K_V1"  # with pretrained: the authors' (pretrained=True); DEFAULT = newest
+    keep_dropout: bool = False  # torchvision: keep the Dropout before the classifier (MobileNetV2's 0.2)
     image_size: int = 224
+    quick_gelu: bool | None = None  # CLIP towers: None = QuickGELU when the weights want it (OpenAI's)
     ce_head: Literal["linear", "cosine", "mlp"] = "linear"
     kd_head: Literal["linear", "cosine", "mlp"] = "linear"
     zeta: float = 0.01  # cosine head scale is 1 / zeta
     cosine_normalize_weight: bool = False  # False = the authors' code (features normalised only)
+    cosine_bias: Literal["scaled", "unscaled"] = "scaled"  # scaled: (W z/|z| + b) / zeta, the authors' code
     language_init: bool = False  # W_CE = W_KD = teacher class embeddings when dims agree
+    # a CLIP student's own text embeddings for language_init: the plain mean of the raw prompt
+    # embeddings (the authors' code) or the normalised zero-shot head ("renormalized")
+    language_init_embedding: Literal["raw_mean", "renormalized"] = "raw_mean"
     mlp_dropout: float = 0.0
     freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
+    # a step's labeled and unlabeled batches: two forward passes, each with its own BatchNorm batch
+    # statistics ("separate", the authors' small-dataset code), or one of both ("joint", their ImageNet code)
+    stream_forward: Literal["separate", "joint"] = "separate"
 
     def __post_init__(self) -> None:
         check_choice("student.source", self.source, ("auto", "timm", "torchvision", "open_clip"))
         check_choice("student.ce_head", self.ce_head, HEAD_KINDS)
         check_choice("student.kd_head", self.kd_head, HEAD_KINDS)
+        check_choice("student.stream_forward", self.stream_forward, ("separate", "joint"))
+        check_choice("student.cosine_bias", self.cosine_bias, ("scaled", "unscaled"))
+        check_choice("student.language_init_embedding", self.language_init_embedding, ("raw_mean", "renormalized"))
         check_positive("student.image_size", self.image_size)
         check_positive("student.zeta", self.zeta)
         check_range("student.mlp_dropout", self.mlp_dropout, 0, 1)
@@ -202,9 +232,13 @@ class LossConfig:
     temperature: float = 2.0
     kd_reduction: Literal["sum", "mean"] = "sum"  # "sum" = the authors' code
     feature_weight: float | None = None  # feature-KD MSE weight; None = ln(C) / 2, the CE scale at chance
+    # method=dhkd: "authors" = DHKD's code, CE on h_CE + BinaryKL-Norm on the auxiliary head (no KD on h_CE);
+    # "main_head_kd" = dho's earlier variant, CE + softmax KD on h_CE + sigmoid binary KD on the auxiliary head
+    dhkd: Literal["authors", "main_head_kd"] = "authors"
 
     def __post_init__(self) -> None:
         check_choice("loss.method", self.method, METHODS)
+        check_choice("loss.dhkd", self.dhkd, ("authors", "main_head_kd"))
         check_choice("loss.kd_reduction", self.kd_reduction, ("sum", "mean"))
         check_positive("loss.temperature", self.temperature)
         check_positive("loss.ce_weight", self.ce_weight, allow_zero=True)
@@ -219,6 +253,8 @@ class OptimConfig:
     epochs: int = 200
     batch_size: int = 64  # per stream: a step sees batch_size labeled + batch_size unlabeled
     epoch_mode: Literal["labeled", "unlabeled"] = "labeled"
+    # steps per epoch = ceil(n / batch_size): the authors' loaders keep the last partial batch; floor drops it
+    epoch_rounding: Literal["ceil", "floor"] = "ceil"
     lr: float = 1e-3
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
@@ -230,6 +266,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_choice("optim.epoch_mode", self.epoch_mode, ("labeled", "unlabeled"))
+        check_choice("optim.epoch_rounding", self.epoch_rounding, ("ceil", "floor"))
         check_choice("optim.schedule", self.schedule, SCHEDULES)
         check_positive("optim.epochs", self.epochs)
         check_positive("optim.batch_size", self.batch_size)
@@ -253,16 +290,24 @@ class EvalConfig:
     eval_every: int = 0  # epochs between validation passes during training; 0 = only at the end
     keep: Literal["last", "best"] = "last"  # "best" keeps the epoch with the best validation mix
     teacher: bool = True  # also score the teacher on validation and test
-    alpha: float = 0.4  # used when there is no validation data (zero-shot teacher, METHOD.md 5)
+    # alpha/beta without validation data; alpha None = the paper's: 0.4 with a zero-shot teacher,
+    # 0.2 with a few-shot one (teacher.adapter), 0.5 in the low-shot setting (data.fraction)
+    alpha: float | None = None
     beta: float = 0.5
     conflict_every: int = 0  # steps between gradient-conflict measurements (metrics.jsonl); 0 = off
+    # "per_sample": the paper's Fig. 4, the mean over labeled images of each image's CE-vs-KD gradient cosine;
+    # "batch": one cosine between the whole batch's gradients, unlabeled rows included
+    conflict: Literal["per_sample", "batch"] = "per_sample"
+    conflict_samples: int | None = 8  # per_sample: labeled images whose parameter gradients are taken; None = all
 
     def __post_init__(self) -> None:
         check_positive("eval.conflict_every", self.conflict_every, allow_zero=True)
+        check_choice("eval.conflict", self.conflict, ("per_sample", "batch"))
+        check_positive("eval.conflict_samples", self.conflict_samples)
         check_positive("eval.batch_size", self.batch_size)
         check_positive("eval.eval_every", self.eval_every, allow_zero=True)
         check_choice("eval.keep", self.keep, ("last", "best"))
-        if not 0 <= self.alpha <= 1:
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise ConfigError(f"eval.alpha={self.alpha!r} must be in [0, 1]")
         check_positive("eval.beta", self.beta)
 
