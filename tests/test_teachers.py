@@ -147,3 +147,41 @@ def test_vit_teacher_at_another_size_interpolates_its_positional_embeddings(tmp_
     assert torch.isfinite(out.logits).all()
     with pytest.raises(ValueError, match="runs only at its native 224 px"):
         build_teacher(TeacherConfig(kind="openclip", model="RN50", image_size=160), CLASSES)
+
+
+def test_openai_rn50_teacher_from_a_local_file_gets_quick_gelu(rn50_teacher, tmp_path):
+    """open_clip builds `RN50` with nn.GELU; OpenAI's weights were trained with QuickGELU (its
+    `RN50-quickgelu`). A teacher given OpenAI's weights as a local file must run QuickGELU."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    from dho.teachers.openclip import wants_quick_gelu
+
+    cache = tmp_path / "models--timm--resnet50_clip.openai" / "snapshots" / "0"  # the Hugging Face cache layout
+    cache.mkdir(parents=True)
+    weights = cache / "open_clip_pytorch_model.bin"
+    torch.save(rn50_teacher.model.state_dict(), weights)  # random weights standing in for OpenAI's
+    assert wants_quick_gelu("RN50", "openai") and wants_quick_gelu("RN50", str(weights))
+    assert wants_quick_gelu("RN50", "yfcc15m")  # trained with QuickGELU too, says open_clip
+    assert not wants_quick_gelu("ViT-B-32", "laion2b_s34b_b79k") and not wants_quick_gelu("RN50-quickgelu", "openai")
+
+    def activations(teacher):
+        return {type(m) for m in teacher.model.transformer.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+
+    teacher = build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained=str(weights)), CLASSES)
+    assert activations(teacher) == {QuickGELU}
+    reference = open_clip.create_model("RN50-quickgelu", pretrained=str(weights))  # OpenAI's architecture, by name
+    tokens = open_clip.get_tokenizer("RN50")(["a photo of a cat."])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.model.encode_text(tokens), reference.encode_text(tokens))
+    plain = build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained=str(weights), quick_gelu=False), CLASSES)
+    assert activations(plain) == {torch.nn.GELU}
+    assert not torch.allclose(plain.class_embeddings, teacher.class_embeddings, atol=1e-4)  # the activation matters
+
+
+def test_torchscript_archives_are_openai_checkpoints(tmp_path):
+    from dho.teachers.openclip import wants_quick_gelu
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "RN50.pt")  # OpenAI ships TorchScript
+    torch.save({"w": torch.zeros(1)}, tmp_path / "laion.pt")
+    assert wants_quick_gelu("RN50", str(tmp_path / "RN50.pt")) and not wants_quick_gelu("RN50", str(tmp_path / "laion.pt"))

@@ -49,11 +49,12 @@ def test_keep_best_and_unlabeled_epochs(tiny_cfg):
     assert len(evals) == 2
 
 
-def test_cached_teacher_outputs_equal_online(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 autocast forced, even where it is emulated
+def test_cached_teacher_outputs_equal_online(tiny_cfg, tmp_path, precision):
     from dho.teachers import build_teacher
     from dho.teachers.cache import TeacherCache
 
-    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 8})
+    cfg = tiny_cfg.override({"data.num_views": 2, "optim.epochs": 8, "precision": precision})
     online = train(cfg.override({"out": str(tmp_path / "online")}))
     teacher = build_teacher(cfg.teacher, online.student.classnames)
     cache = TeacherCache(teacher)

@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, default=224, help="its input size (default 224; 336 for ViT-L/14-336)")
     p.add_argument("--classes", required=True, help="class names in label order: a text file (one a line), "
                    "a dho splits.json or a CoOp split_zhou_*.json")
-    p.add_argument("--alpha-convention", choices=("authors", "ours"), default="authors",
-                   help="authors (default): their alpha weighs the KD head, so ours = 1 - theirs")
+    p.add_argument("--alpha-convention", choices=("current", "pre-f74da67"), default="current",
+                   help="current (default): the saved alpha weighs h_CE, as in their code since commit f74da67; "
+                        "pre-f74da67: it weighs h_KD (files of their earlier code), so alpha = 1 - saved")
     p.set_defaults(func=cmd_import_checkpoint)
 
     p = sub.add_parser("zeroshot", help="the teacher's zero-shot accuracy on a split")
@@ -177,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=_positive_int, help="labeled images per class (default 16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of every method per seed")
     p.add_argument("--student", help="student backbone (default efficientnet_lite0 with ImageNet weights; others start random)")
-    p.add_argument("--epochs", type=_positive_int, help="passes over the labeled set (default 60)")
+    p.add_argument("--epochs", type=_positive_int, help="passes over the labeled set (default 40)")
     p.add_argument("--max-unlabeled", type=_all_or_int, help="unlabeled images used (default 5000; 'all' for every one)")
     p.add_argument("--synthetic", action="store_true", help="a seconds-long run on synthetic data and teacher")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="autocast of every run (default auto)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -239,7 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import LABELS, DemoSettings, run_demo
 
-    given = {"shots": args.shots, "student": args.student, "epochs": args.epochs, "max_unlabeled": args.max_unlabeled}
+    given = {"shots": args.shots, "student": args.student, "epochs": args.epochs, "max_unlabeled": args.max_unlabeled,
+             "precision": args.precision}
     settings = replace(DemoSettings(seeds=tuple(args.seeds)), **{k: v for k, v in given.items() if v is not None})
     if args.max_unlabeled == "all":
         settings = replace(settings, max_unlabeled=None)

@@ -27,6 +27,7 @@ from .pool import executor, shards
 from .teachers import build_teacher
 from .teachers.cache import TeacherCache
 from .plan import planned_views, training_view_size
+from .precision import resolve_precision
 from .train import free_cores, train
 
 __all__ = ["DemoSettings", "METHODS", "run_demo"]
@@ -60,9 +61,10 @@ class DemoSettings:
     num_views: int = 2
     max_unlabeled: int | None = 5000
     val_fraction: float = 0.02
-    epochs: int = 60
+    epochs: int = 40  # 3 steps each at 16 shots x 10 classes (ceil(160 / 64)): 120 steps
     batch_size: int = 64
     lr: float = 1e-3
+    precision: str = "auto"  # fp32 / bf16 autocast / auto (see dho.precision)
 
     def run_config(self, root: Path, seed: int, method: str, out: Path) -> RunConfig:
         return RunConfig().override({
@@ -73,7 +75,7 @@ class DemoSettings:
             "data.val_fraction": self.val_fraction, "data.max_unlabeled": self.max_unlabeled,
             "data.view_size": self.view_size, "data.num_views": self.num_views,
             "loss.method": method, "optim.epochs": self.epochs, "optim.batch_size": self.batch_size,
-            "optim.lr": self.lr, "eval.teacher": False, "seed": seed, "out": str(out),
+            "optim.lr": self.lr, "eval.teacher": False, "seed": seed, "out": str(out), "precision": self.precision,
         })
 
 
@@ -84,6 +86,7 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
     process boundary, not 2N (each tensor sent between processes costs a shared-memory handle)."""
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
+    teacher.autocast_dtype = resolve_precision(cfg.precision, torch.device("cpu"))  # as train() will run it
     store = ImageStore(manifest, manifest.split(split), in_memory=False)
     size = training_view_size(cfg, teacher.image_size)
     if split == "test":

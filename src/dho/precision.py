@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "precision_name", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -35,6 +35,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "bf16":
         return torch.bfloat16  # asked for explicitly: honour it, even where it is emulated
     return torch.bfloat16 if supported else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """An autocast dtype as the name runs record: ``"fp32"`` for None, ``"bf16"``."""
+    return "fp32" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 @contextlib.contextmanager

@@ -23,9 +23,10 @@ from .data.images import apply_crop, crop_params, decode_image, eval_view
 from .data.splits import SplitManifest, splits_for
 from .losses import METHOD_SPECS
 from .pool import executor, shards
+from .precision import precision_name, resolve_precision
 from .teachers import Teacher, TeacherOutput, build_teacher
 from .teachers.cache import TeacherCache
-from .teachers.fewshot import ADAPTER_SEED_OFFSET, eval_key
+from .teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices, eval_key
 from .plan import planned_views, training_view_size
 from .train import free_cores
 
@@ -59,7 +60,7 @@ def teacher_requests(cfgs: list[RunConfig], teacher: Teacher, eval_splits: bool 
         if cfg.teacher.adapter != "none":
             seed = cfg.seed + ADAPTER_SEED_OFFSET
             for path, _ in manifest.labeled:
-                for v in range(cfg.teacher.adapter_views):
+                for v in adapter_view_indices(cfg.teacher):
                     needed[f"{seed}/{path}#{v}"] = (f"{seed}/{path}#{v}", path, seed, v)
         if eval_splits:
             for path, _ in (*manifest.val, *manifest.test):
@@ -72,6 +73,7 @@ def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], tor
     """Worker: rebuild the requested views' pixels and run the base teacher on them."""
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
+    teacher.autocast_dtype = resolve_precision(cfg.precision, torch.device("cpu"))
     view_size = training_view_size(cfg, teacher.image_size)
     keys, feats, logits = [], [], []
     for start in range(0, len(requests), 128):
@@ -101,17 +103,20 @@ def base_teacher_config(cfg: RunConfig) -> RunConfig:
 
 
 def store_info(cfg: RunConfig, teacher: Teacher) -> dict:
-    """What makes stored views reusable: the base teacher, the view size, crop scale and data root."""
+    """What makes stored views reusable: the base teacher and the precision it ran at (on the CPU,
+    where stores are computed), the view size, crop scale and data root."""
     fields = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
     return {"teacher": fields, "view_size": training_view_size(cfg, teacher.image_size), "root": cfg.data.root,
-            "crop_scale": list(cfg.optim.crop_scale)}
+            "crop_scale": list(cfg.optim.crop_scale),
+            "teacher_precision": precision_name(resolve_precision(cfg.precision, torch.device("cpu")))}
 
 
 def store_path(out: Path, cfg: RunConfig) -> Path:
     """A sweep's store for the runs that share the base teacher, view size, crop scale and data root."""
     fields = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
     ident = json.dumps({"teacher": fields, "view_size": cfg.data.view_size, "student_size": cfg.student.image_size,
-                        "root": cfg.data.root, "crop_scale": list(cfg.optim.crop_scale)}, sort_keys=True)
+                        "root": cfg.data.root, "crop_scale": list(cfg.optim.crop_scale), "precision": cfg.precision},
+                       sort_keys=True)
     return out / "teacher_cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

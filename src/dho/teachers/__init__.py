@@ -18,7 +18,8 @@ def build_teacher(cfg: TeacherConfig, classnames: Sequence[str], dataset: str | 
     if cfg.kind == "openclip":
         from .openclip import OpenClipTeacher
 
-        teacher: Teacher = OpenClipTeacher(cfg.model, cfg.pretrained, zeta=cfg.zeta, image_size=cfg.image_size)
+        teacher: Teacher = OpenClipTeacher(cfg.model, cfg.pretrained, zeta=cfg.zeta, image_size=cfg.image_size,
+                                            quick_gelu=cfg.quick_gelu)
     elif cfg.kind == "imagenet-bridge":
         from .imagenet_bridge import ImageNetBridgeTeacher
 
@@ -33,5 +34,5 @@ def build_teacher(cfg: TeacherConfig, classnames: Sequence[str], dataset: str | 
         teacher = SyntheticTeacher(cfg.embed_dim, cfg.seed, image_size=cfg.image_size or 32, zeta=cfg.zeta)
     else:  # pragma: no cover - TeacherConfig validates kind
         raise ValueError(f"unknown teacher kind {cfg.kind!r}")
-    teacher.set_classes(classnames, get_templates(templates_for(cfg.templates, dataset)))
+    teacher.set_classes(classnames, get_templates(templates_for(cfg.templates, dataset)), cfg.class_embedding)
     return teacher.freeze()

@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..chunking import cpu_chunk_rows
+from ..precision import autocast
 from ..preprocess import Preprocess
 
-__all__ = ["Teacher", "TeacherOutput", "fold_batchnorm", "prompt_name"]
+__all__ = ["CLASS_AVERAGES", "Teacher", "TeacherOutput", "fold_batchnorm", "prompt_name"]
+
+CLASS_AVERAGES = ("renormalized", "mean", "raw_mean")  # how a class's prompt embeddings become w_c
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Teacher(nn.Module):
 
     id: str = "teacher"
     cpu_chunks: bool = True  # on the CPU, run rows in cache-sized chunks (see dho.chunking)
+    # Autocast dtype of every image forward (None: fp32). Set once by the run that uses the teacher,
+    # so online outputs, cache misses, few-shot fitting and stores are computed the same way.
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, preprocess: Preprocess, zeta: float = 0.01) -> None:
         super().__init__()
@@ -90,12 +96,18 @@ class Teacher(nn.Module):
         return len(self.classnames)
 
     @torch.no_grad()
-    def set_classes(self, classnames: Sequence[str], templates: Sequence[str]) -> None:
-        """Build the zero-shot head w [C, D] for the task's classes."""
+    def set_classes(self, classnames: Sequence[str], templates: Sequence[str], average: str = "renormalized") -> None:
+        """Build the zero-shot head w [C, D] for the task's classes: per class, the mean over its
+        prompts' embeddings, each L2-normalised, normalised again (``"renormalized"``, METHOD.md 2);
+        not normalised again (``"mean"``, the DHO authors' DFN teacher); or the plain mean of the raw
+        embeddings (``"raw_mean"``, their language-aware head init)."""
+        if average not in CLASS_AVERAGES:
+            raise ValueError(f"class embedding average {average!r} is not one of {', '.join(CLASS_AVERAGES)}")
         rows = []
         for name in classnames:
-            emb = F.normalize(self.embed_prompts(name, templates).float(), dim=-1)
-            rows.append(F.normalize(emb.mean(dim=0), dim=-1))
+            emb = self.embed_prompts(name, templates).float()
+            mean = (emb if average == "raw_mean" else F.normalize(emb, dim=-1)).mean(dim=0)
+            rows.append(F.normalize(mean, dim=-1) if average == "renormalized" else mean)
         self.classnames = list(classnames)
         self.templates = tuple(templates)
         self.class_embeddings = torch.stack(rows)
@@ -121,10 +133,13 @@ class Teacher(nn.Module):
         forward up to float rounding.
         """
         rows = cpu_chunk_rows(images.device, self.image_size) if self.cpu_chunks else 0
-        if not rows or len(images) <= rows:
-            return self.forward_rows(images)
-        outs = [self.forward_rows(chunk) for chunk in images.split(rows)]
-        return TeacherOutput(features=torch.cat([o.features for o in outs]), logits=torch.cat([o.logits for o in outs]))
+        with autocast(images.device, self.autocast_dtype):
+            if not rows or len(images) <= rows:
+                out = self.forward_rows(images)
+            else:
+                outs = [self.forward_rows(chunk) for chunk in images.split(rows)]
+                out = TeacherOutput(torch.cat([o.features for o in outs]), torch.cat([o.logits for o in outs]))
+        return TeacherOutput(features=out.features.float(), logits=out.logits.float())
 
     def forward_rows(self, images: Tensor) -> TeacherOutput:
         """One chunk of :meth:`forward`; subclasses with their own logits override this."""

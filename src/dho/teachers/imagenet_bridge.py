@@ -171,8 +171,12 @@ class ImageNetBridgeTeacher(Teacher):
 
     # -- the bridge --------------------------------------------------------------------------
     @torch.no_grad()
-    def set_classes(self, classnames: Sequence[str], templates: Sequence[str]) -> None:
-        """Build ``prompt_embeddings`` [C, E], ``bridge`` S [1000, C] and ``class_embeddings`` [C, D]."""
+    def set_classes(self, classnames: Sequence[str], templates: Sequence[str], average: str = "renormalized") -> None:
+        """Build ``prompt_embeddings`` [C, E], ``bridge`` S [1000, C] and ``class_embeddings`` [C, D]
+        (the prompt embeddings are always renormalised: ``average`` must be "renormalized")."""
+        if average != "renormalized":
+            raise ValueError(f"the imagenet-bridge teacher renormalises its class prompts; teacher.class_embedding={average!r} "
+                             "is for CLIP teachers")
         filled = [t.format(prompt_name(name)) for name in classnames for t in templates]
         emb = F.normalize(self.encode_text(filled), dim=-1).view(len(classnames), len(templates), -1)
         prompts = F.normalize(emb.mean(dim=1), dim=-1)  # [C, E]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from ..preprocess import Preprocess
 from .base import Teacher
 
-__all__ = ["OpenClipTeacher", "clip_vision_size", "create_clip_model"]
+__all__ = ["OpenClipTeacher", "clip_vision_size", "create_clip_model", "wants_quick_gelu"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class OpenClipTeacher(Teacher):
         pretrained: str | None = None,
         zeta: float = 0.01,
         image_size: int | None = None,
+        quick_gelu: bool | None = None,
     ) -> None:
         import open_clip
 
@@ -37,7 +39,7 @@ class OpenClipTeacher(Teacher):
         if resize and resnet:
             raise ValueError(f"teacher {model_name} (a CLIP ResNet, fixed attention-pool grid) runs only at its native "
                              f"{native} px, not teacher.image_size={image_size}")
-        model = create_clip_model(model_name, pretrained, image_size if resize else None)
+        model = create_clip_model(model_name, pretrained, image_size if resize else None, quick_gelu)
         if resize:
             log.info("teacher %s at %d px: positional embeddings interpolated from its native %d px",
                      model_name, image_size, native)
@@ -72,17 +74,45 @@ def clip_vision_size(model_name: str) -> tuple[int | None, bool]:
     return native, isinstance(vision.get("layers"), (tuple, list))
 
 
-def create_clip_model(model_name: str, pretrained: str | None, image_size: int | None = None) -> torch.nn.Module:
+def wants_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Whether weights ``pretrained`` were trained with QuickGELU, which open_clip's plain
+    architecture names (``RN50``, ``ViT-B-16``) do not build: a tag whose open_clip record says so
+    (``openai`` and others), a TorchScript archive (how OpenAI distributes its checkpoints) or a
+    local file whose path names OpenAI's weights (e.g. the Hugging Face cache of
+    ``timm/resnet50_clip.openai``). Names ending in ``-quickgelu`` have it already."""
+    import open_clip
+
+    if not pretrained or model_name.endswith("-quickgelu"):
+        return False
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+    if "openai" in str(path).lower():
+        return True
+    if zipfile.is_zipfile(path):  # torch.jit.save archives hold code/ and constants.pkl
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    return False
+
+
+def create_clip_model(model_name: str, pretrained: str | None, image_size: int | None = None,
+                      quick_gelu: bool | None = None) -> torch.nn.Module:
     """An open_clip model by name with weights from a tag or a local file (random without either).
     ``image_size`` builds a ViT for that input size; open_clip interpolates the pretrained
-    positional embeddings to its grid."""
+    positional embeddings to its grid. ``quick_gelu`` None: QuickGELU when the weights were
+    trained with it (:func:`wants_quick_gelu`); True / False force it on or off."""
     import open_clip
 
     if pretrained and not Path(pretrained).is_file() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
     sized = {"force_image_size": image_size} if image_size else {}
+    if quick_gelu is None:
+        quick_gelu = wants_quick_gelu(model_name, pretrained)
+    if quick_gelu:
+        log.info("%s built with QuickGELU, the activation its weights were trained with", model_name)
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained), **sized)
+        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained),
+                                      force_quick_gelu=quick_gelu, **sized)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()") from None
