@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,9 @@ def fake_checkpoint(path, arch="resnet18", alpha=0.3, beta=2.0, ddp=True):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     state = {("module." if ddp else "") + k: v for k, v in model.state_dict().items()}
-    torch.save({"model_state_dict": state, "alpha": alpha, "beta": beta, "epoch": 7, "acc": 55.5}, path)
+    # train_others.py saves the alpha and beta it found by iterating numpy arrays: numpy float64
+    torch.save({"model_state_dict": state, "alpha": np.float64(alpha), "beta": np.float64(beta), "epoch": 7,
+                "acc": 55.5}, path)
     return model
 
 
@@ -55,12 +58,17 @@ def test_imported_student_matches_the_authors_model(tmp_path, arch):
         out = ours(x)
     torch.testing.assert_close(out.ce_logits, ce, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.kd_logits, kd, rtol=1e-4, atol=1e-4)
-    # their mix (1 - a) * ce + a * kd is ours with alpha = 1 - a
-    assert ours.alpha == pytest.approx(0.7) and ours.beta == 2.0
-    expected = 0.7 * ce.softmax(-1) + 0.3 * (kd / 2.0).softmax(-1)
+    # their current mix a * ce + (1 - a) * kd (since f74da67) is ours with alpha = a
+    assert ours.alpha == pytest.approx(0.3) and ours.beta == 2.0
+    expected = 0.3 * ce.softmax(-1) + 0.7 * (kd / 2.0).softmax(-1)
     torch.testing.assert_close(mix_probs(out.ce_logits, out.kd_logits, ours.alpha, ours.beta), expected)
     meta = load_metadata(tmp_path / "out")
     assert meta["imported"]["alpha_in_file"] == 0.3 and meta["imported"]["epoch"] == 7
+    # a file of their code before f74da67 mixed (1 - a) * ce + a * kd: alpha = 1 - a
+    import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "old", arch, CLASSES, alpha_convention="pre-f74da67")
+    old = load_student(tmp_path / "old")
+    expected = 0.7 * ce.softmax(-1) + 0.3 * (kd / 2.0).softmax(-1)
+    torch.testing.assert_close(mix_probs(out.ce_logits, out.kd_logits, old.alpha, old.beta), expected)
 
 
 def test_import_errors(tmp_path):
@@ -73,7 +81,7 @@ def test_import_errors(tmp_path):
     with pytest.raises(ValueError, match="has no model_state_dict"):
         import_checkpoint(tmp_path / "other.pt", tmp_path / "out", "resnet18", CLASSES)
     torch.save({"model_state_dict": {"x": torch.zeros(1)}, "fn": print}, tmp_path / "code.pt")
-    with pytest.raises(ValueError, match="cannot be read as a plain torch checkpoint"):  # weights_only refuses code
+    with pytest.raises(ValueError, match="cannot be read as a plain torch file"):  # weights_only refuses code
         import_checkpoint(tmp_path / "code.pt", tmp_path / "out", "resnet18", CLASSES)
 
 
@@ -92,10 +100,10 @@ def test_cli_import_checkpoint(tmp_path, capsys):
     rc = main(["-q", "import-checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "out"),
                "--arch", "resnet18", "--classes", str(tmp_path / "classes.txt")])
     assert rc == 0
-    assert "alpha=0.75 (the file's 0.25, authors convention), beta=2.00" in capsys.readouterr().out
+    assert "alpha=0.25 (the file's 0.25, current convention), beta=2.00" in capsys.readouterr().out
     rc = main(["-q", "import-checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "out2"),
-               "--arch", "resnet18", "--classes", str(tmp_path / "classes.txt"), "--alpha-convention", "ours"])
-    assert rc == 0 and load_student(tmp_path / "out2").alpha == 0.25
+               "--arch", "resnet18", "--classes", str(tmp_path / "classes.txt"), "--alpha-convention", "pre-f74da67"])
+    assert rc == 0 and load_student(tmp_path / "out2").alpha == 0.75
 
 
 def test_torchvision_weights_without_a_classifier_load(tmp_path):

@@ -118,3 +118,73 @@ def test_a_backbone_asked_of_the_wrong_library_says_which_has_it():
         create_backbone("efficientnet_lite0", source="torchvision", pretrained=True)
     with pytest.raises(ValueError, match="timm has no model 'mobilenet_v2' .torchvision has it"):
         create_backbone("mobilenet_v2", source="timm")
+
+
+def test_cosine_head_bias_sits_inside_the_scale_as_in_the_authors_code():
+    """Their KD head is 100 * (W normalize(z) + b): the bias's gradient is 100 times the logits',
+    so under AdamW (steps of about lr in each parameter) it moves the logits 100 times as far."""
+    torch.manual_seed(0)
+    head = CosineHead(8, 3, zeta=0.01)  # cosine_bias="scaled", the default
+    plain = CosineHead(8, 3, zeta=0.01, scale_bias=False)
+    plain.load_state_dict(head.state_dict())
+    z = torch.randn(5, 8)
+    reference = 100 * (F.normalize(z, dim=-1) @ head.weight.t() + head.bias)  # written from their formula
+    torch.testing.assert_close(head(z), reference)
+    torch.testing.assert_close(plain(z), 100 * F.normalize(z, dim=-1) @ head.weight.t() + head.bias)
+    head(z).sum().backward()
+    plain(z).sum().backward()
+    torch.testing.assert_close(head.bias.grad, torch.full((3,), 500.0))  # 5 rows x 100
+    torch.testing.assert_close(plain.bias.grad, torch.full((3,), 5.0))
+    torch.testing.assert_close(head.weight.grad, plain.weight.grad)
+    student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine"), CLASSES)
+    assert student.spec["cosine_bias"] == "scaled" and student.kd_head.scale_bias
+
+
+def test_separate_forwards_give_each_stream_its_own_batchnorm_statistics():
+    torch.manual_seed(0)
+    student = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES).train()
+    x = torch.rand(6, 3, 32, 32)
+    x[4:] *= 0.2  # the second stream looks different, so its batch statistics differ
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    split = student(x, split=4)
+    student.load_state_dict(state)
+    first, second = student(x[:4]), student(x[4:])  # the authors' two calls
+    torch.testing.assert_close(split.ce_logits, torch.cat([first.ce_logits, second.ce_logits]))
+    torch.testing.assert_close(split.features, torch.cat([first.features, second.features]))
+    student.load_state_dict(state)
+    joint = student(x)
+    assert not torch.allclose(joint.ce_logits, split.ce_logits, atol=1e-3)
+
+
+def test_torchvision_mobilenet_v2_keeps_only_its_feature_layers():
+    """The authors' MobileNetV2 student is its children up to the classifier: no Dropout(0.2)."""
+    torch.manual_seed(0)
+    student = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", image_size=32), CLASSES)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in student.backbone.modules())
+    student.train()
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(1)
+    a = student.backbone(student.preprocess(x))
+    torch.manual_seed(2)
+    b = student.backbone(student.preprocess(x))
+    torch.testing.assert_close(a, b)  # nothing random between the features and the heads
+    kept = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", image_size=32, keep_dropout=True),
+                         CLASSES)
+    assert any(isinstance(m, torch.nn.Dropout) for m in kept.backbone.modules())
+    assert kept.spec["timm_kwargs"] == {"keep_dropout": True}
+
+
+def test_language_init_takes_the_raw_mean_of_the_prompt_embeddings():
+    """The authors' language-aware init: per class the plain mean of the text tower's raw prompt
+    embeddings (no normalisation), copied into both heads."""
+    from dho.teachers.synthetic import SyntheticTeacher
+
+    teacher = SyntheticTeacher(embed_dim=16)
+    templates = ("a photo of a {}.", "art of the {}.", "a {} in a video game.")
+    for average in ("raw_mean", "mean", "renormalized"):
+        teacher.set_classes(CLASSES, templates, average)
+        for i, name in enumerate(CLASSES):
+            raw = teacher.embed_prompts(name, templates)
+            expected = {"raw_mean": raw.mean(0), "mean": F.normalize(raw, dim=-1).mean(0),
+                        "renormalized": F.normalize(F.normalize(raw, dim=-1).mean(0), dim=0)}[average]
+            torch.testing.assert_close(teacher.class_embeddings[i], expected)

@@ -20,23 +20,30 @@ class HeadOutput:
 
 
 class CosineHead(nn.Module):
-    """logits = <z / |z|, w_c> / zeta + b_c. With ``normalize_weight`` the weight rows are
-    normalised too (the paper's cos(z, w_c) / zeta); without it, as in the authors' code."""
+    """logits = (<z / |z|, w_c> + b_c) / zeta, the bias inside the scale as in the authors' code
+    (``scale_bias``; so under AdamW it moves the logits 1/zeta times faster), or
+    <z / |z|, w_c> / zeta + b_c without. With ``normalize_weight`` the weight rows are normalised
+    too (the paper's cos(z, w_c) / zeta); without it, as in the authors' code."""
 
-    def __init__(self, in_features: int, num_classes: int, zeta: float = 0.01, normalize_weight: bool = False) -> None:
+    def __init__(self, in_features: int, num_classes: int, zeta: float = 0.01, normalize_weight: bool = False,
+                 scale_bias: bool = True) -> None:
         super().__init__()
         self.zeta = zeta
         self.normalize_weight = normalize_weight
+        self.scale_bias = scale_bias
         linear = nn.Linear(in_features, num_classes)  # PyTorch default init
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone())
 
     def forward(self, z: Tensor) -> Tensor:
         w = F.normalize(self.weight, dim=-1) if self.normalize_weight else self.weight
+        if self.scale_bias:
+            return F.linear(F.normalize(z, dim=-1), w, self.bias) / self.zeta
         return F.linear(F.normalize(z, dim=-1), w) / self.zeta + self.bias
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, zeta={self.zeta}, normalize_weight={self.normalize_weight}"
+        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, zeta={self.zeta}, "
+                f"normalize_weight={self.normalize_weight}, scale_bias={self.scale_bias}")
 
 
 class TextHead(nn.Module):
@@ -67,12 +74,12 @@ class MLPHead(nn.Sequential):
 
 def build_head(
     kind: str, in_features: int, num_classes: int, *, zeta: float = 0.01,
-    normalize_weight: bool = False, dropout: float = 0.0,
+    normalize_weight: bool = False, dropout: float = 0.0, scale_bias: bool = True,
 ) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_features, num_classes)
     if kind == "cosine":
-        return CosineHead(in_features, num_classes, zeta, normalize_weight)
+        return CosineHead(in_features, num_classes, zeta, normalize_weight, scale_bias)
     if kind == "mlp":
         return MLPHead(in_features, num_classes, dropout)
     raise ValueError(f"unknown head kind {kind!r}; choose linear, cosine or mlp")

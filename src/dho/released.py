@@ -5,13 +5,14 @@ DistributedDataParallel), ``alpha``, ``beta`` and sometimes ``epoch`` / ``acc``.
 ``backbone`` (a torchvision model's children up to, not including, the classifier, as an
 ``nn.Sequential``, so its keys are numbered) plus linear ``ce_head`` and ``kd_head``; or, in the
 low-shot ImageNet setting, a CLIP image tower (the same key names as open_clip's) whose KD head
-is ``100 * (W normalize(z) + b)``: a cosine head here, with the bias multiplied by 100. Files are
+is ``100 * (W normalize(z) + b)``: a cosine head here with its bias inside the scale. Files are
 read with ``torch.load(..., weights_only=True)``: nothing in them is executed.
 
-Their scripts for the small datasets and ImageNet few-shot mix the heads as
-``(1 - a) * softmax(ce) + a * softmax(kd / beta)``, so their ``a`` is ``1 - alpha`` here; the
-default conversion says so (``alpha_convention="authors"``). Their low-shot script fixes
-``a = 0.5`` with the other reading, where both conventions agree.
+Since their commit f74da67 every one of their scripts mixes the heads as
+``a * softmax(ce) + (1 - a) * softmax(kd / beta)``: the saved ``a`` is the CE weight, as alpha here
+(``alpha_convention="current"``, the default). Files written by their code before that commit
+weighted the KD head with it (``alpha_convention="pre-f74da67"``: alpha = 1 - a). Their scripts
+save alpha and beta as numpy float64 scalars; exactly those are allowed when reading.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .checkpoint import save_checkpoint
 from .config import StudentConfig
 from .students import DualHeadStudent, build_student
+from .torchfiles import load_torch_file
 
-__all__ = ["import_checkpoint", "read_class_names"]
+__all__ = ["ALPHA_CONVENTIONS", "import_checkpoint", "read_class_names"]
+
+ALPHA_CONVENTIONS = ("current", "pre-f74da67")  # their saved alpha weighs h_CE / weighs h_KD
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +75,19 @@ def _convert_keys(state: dict[str, Tensor], student: DualHeadStudent) -> dict[st
 
 
 def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: list[str], *,
-                      alpha_convention: str = "authors", source: str = "torchvision", image_size: int = 224) -> Path:
+                      alpha_convention: str = "current", source: str = "torchvision", image_size: int = 224) -> Path:
     """Convert the authors' ``.pt`` student at ``path`` into a dho checkpoint directory ``out``.
     ``arch`` is the backbone it was trained with: torchvision's resnet18, resnet50 (the DINO
     ResNet-50) or mobilenet_v2, or for a CLIP image tower the open_clip name (OpenAI's towers use
     QuickGELU: ViT-B-16-quickgelu, ViT-L-14-quickgelu, ...); ``classes`` its class names in label
     order; ``image_size`` its input size (336 for ViT-L-14-336)."""
-    if alpha_convention not in ("authors", "ours"):
-        raise ValueError(f"alpha convention {alpha_convention!r} is not one of authors, ours")
+    if alpha_convention not in ALPHA_CONVENTIONS:
+        raise ValueError(f"alpha convention {alpha_convention!r} is not one of {', '.join(ALPHA_CONVENTIONS)}")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickle errors of many kinds
-        raise ValueError(f"{path} cannot be read as a plain torch checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:120]})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("model_state_dict"), dict):
+    raw = load_torch_file(path)
+    if not isinstance(raw.get("model_state_dict"), dict):
         raise ValueError(f"{path} has no model_state_dict: not one of the DHO authors' checkpoints")
     state = _strip_prefix(raw["model_state_dict"])
     for head in ("ce_head", "kd_head"):
@@ -98,9 +97,9 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
     num_classes, num_features = state["ce_head.weight"].shape
     if num_classes != len(classes):
         raise ValueError(f"the checkpoint's heads have {num_classes} classes, the class list {len(classes)}")
-    if clip:  # their KD head: 100 * (W normalize(z) + b) = our cosine head with zeta 0.01 and bias 100 b
-        cfg = StudentConfig(backbone=arch, source="open_clip", kd_head="cosine", zeta=0.01, image_size=image_size)
-        state = {**state, "kd_head.bias": state["kd_head.bias"] / cfg.zeta}
+    if clip:  # their KD head: 100 * (W normalize(z) + b), our cosine head with zeta 0.01 and the bias scaled
+        cfg = StudentConfig(backbone=arch, source="open_clip", kd_head="cosine", zeta=0.01, cosine_bias="scaled",
+                            image_size=image_size)
     else:
         cfg = StudentConfig(backbone=arch, source=source, image_size=image_size)
     student = build_student(cfg, classes)
@@ -120,13 +119,13 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
             raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, a {arch} student {tuple(expected[key].shape)}")
     student.load_state_dict(converted, strict=True)
     theirs = float(raw.get("alpha", 0.5))
-    student.alpha = 1.0 - theirs if alpha_convention == "authors" else theirs
+    student.alpha = 1.0 - theirs if alpha_convention == "pre-f74da67" else theirs
     student.beta = float(raw.get("beta", 1.0))
     imported = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "alpha_in_file": theirs, "alpha_convention": alpha_convention,
                 **{k: raw[k] for k in ("epoch", "acc") if isinstance(raw.get(k), (int, float))}}
     if clip:
-        imported["kd_head"] = "cosine (their bias x 100)"
+        imported["kd_head"] = "cosine, bias inside the scale"
     log.info("imported %s: %s student, %d classes, alpha=%.2f (file: %.2f, %s convention), beta=%.2f",
              path, arch, num_classes, student.alpha, theirs, alpha_convention, student.beta)
     return save_checkpoint(student, out, imported=imported)

@@ -82,12 +82,19 @@ def _local_pretrained(name: str) -> tuple[nn.Module, dict, dict] | None:
 
 
 def create_backbone(name: str, source: str = "auto", pretrained: bool = False, weights: str | None = None,
-                    timm_kwargs: dict | None = None, image_size: int | None = None) -> tuple[nn.Module, int, dict]:
+                    timm_kwargs: dict | None = None, image_size: int | None = None,
+                    quick_gelu: bool | None = None, torchvision_weights: str = "IMAGENET1K_V1",
+                    keep_dropout: bool = False) -> tuple[nn.Module, int, dict]:
     """A feature extractor returning pooled features [B, D], its D, and its normalisation
-    (``{"mean", "std", "timm_kwargs"}``; the latter rebuilds the same architecture later)."""
+    (``{"mean", "std", "timm_kwargs"}``; the latter rebuilds the same architecture later).
+    torchvision students: ``torchvision_weights`` names the pretrained weights (IMAGENET1K_V1, what
+    the authors' ``pretrained=True`` loads; DEFAULT, torchvision's best); ``keep_dropout`` keeps
+    the Dropout before the classifier."""
     source = _resolve_source(name, source)
     if source == "open_clip":
-        return _clip_image_tower(name, pretrained, weights, image_size or (timm_kwargs or {}).get("image_size"))
+        kwargs = timm_kwargs or {}
+        return _clip_image_tower(name, pretrained, weights, image_size or kwargs.get("image_size"),
+                                 kwargs.get("quick_gelu", quick_gelu))
     if source == "timm":
         import timm
 
@@ -113,7 +120,7 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
     import torchvision
 
     try:
-        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained and not weights else None)
+        model = torchvision.models.get_model(name, weights=torchvision_weights if pretrained and not weights else None)
     except Exception as err:
         if pretrained:
             raise RuntimeError(f"could not fetch torchvision weights for {name!r} ({type(err).__name__}); "
@@ -127,30 +134,36 @@ def create_backbone(name: str, source: str = "auto", pretrained: bool = False, w
             wrong = sorted(missing) or sorted(result.unexpected_keys)
             raise ValueError(f"{weights} does not fit torchvision's {name}: {len(missing)} keys missing, "
                              f"{len(result.unexpected_keys)} unexpected (e.g. {wrong[0]!r})")
-    num_features = _strip_classifier(model, name)
-    return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "timm_kwargs": {}}
+    keep_dropout = bool((timm_kwargs or {}).get("keep_dropout", keep_dropout))
+    num_features = _strip_classifier(model, name, keep_dropout)
+    return model, num_features, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                 "timm_kwargs": {"keep_dropout": True} if keep_dropout else {}}
 
 
 def _clip_image_tower(name: str, pretrained: bool, weights: str | None,
-                      image_size: int | None = None) -> tuple[nn.Module, int, dict]:
+                      image_size: int | None = None, quick_gelu: bool | None = None) -> tuple[nn.Module, int, dict]:
     """An open_clip model's image tower: features are its projected embedding [B, output_dim].
     Weights: ``weights`` (an open_clip tag or a local file), OpenAI's with ``pretrained``, else random.
-    OpenAI's weights want the QuickGELU variants (e.g. ViT-B-16-quickgelu). A ViT asked for another
-    ``image_size`` than its native one is built for it (pretrained positional embeddings
-    interpolated); the size is kept with the architecture so a checkpoint rebuilds the same grid."""
+    OpenAI's weights get QuickGELU (``quick_gelu`` None: when the weights want it). A ViT asked for
+    another ``image_size`` than its native one is built for it (pretrained positional embeddings
+    interpolated); size and activation are kept with the architecture so a checkpoint rebuilds it."""
     import open_clip
 
-    from .teachers.openclip import clip_vision_size, create_clip_model
+    from .teachers.openclip import clip_vision_size, create_clip_model, wants_quick_gelu
 
     native, resnet = clip_vision_size(name)
     resize = bool(image_size and native and image_size != native)
     if resize and resnet:
         raise ValueError(f"student {name} (a CLIP ResNet, fixed attention-pool grid) runs only at its native "
                          f"{native} px, not student.image_size={image_size}")
-    model = create_clip_model(name, weights or ("openai" if pretrained else None), image_size if resize else None)
+    source = weights or ("openai" if pretrained else None)
+    quick = wants_quick_gelu(name, source) if quick_gelu is None else quick_gelu
+    model = create_clip_model(name, source, image_size if resize else None, quick)
     cfg = open_clip.get_model_preprocess_cfg(model)
     visual = model.visual
     kwargs = {"image_size": int(image_size)} if resize else {}
+    if quick:
+        kwargs["quick_gelu"] = True
     return visual, int(visual.output_dim), {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "timm_kwargs": kwargs}
 
 
@@ -160,23 +173,35 @@ def clip_student(cfg: StudentConfig) -> bool:
 
 
 def student_text_embeddings(cfg: StudentConfig, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """A CLIP student's own zero-shot class embeddings [C, D] from its text tower and ``templates``:
-    the language-aware head init of the paper's VLM students (their dimension is the tower's)."""
+    """A CLIP student's own class embeddings [C, D] from its text tower and ``templates``: the
+    language-aware head init of the paper's VLM students (their dimension is the tower's); per class
+    the plain mean of the raw prompt embeddings, as the authors' code, or the normalised zero-shot
+    head (``student.language_init_embedding``)."""
     from .teachers.openclip import OpenClipTeacher
 
-    text = OpenClipTeacher(cfg.backbone, cfg.weights or ("openai" if cfg.pretrained else None))
-    text.set_classes(classnames, templates)
+    text = OpenClipTeacher(cfg.backbone, cfg.weights or ("openai" if cfg.pretrained else None), quick_gelu=cfg.quick_gelu)
+    text.set_classes(classnames, templates, cfg.language_init_embedding)
     return text.class_embeddings.detach().cpu()
 
 
-def _strip_classifier(model: nn.Module, name: str) -> int:
-    """Replace the last nn.Linear (the ImageNet classifier) with Identity; return its in_features."""
+def _strip_classifier(model: nn.Module, name: str, keep_dropout: bool = False) -> int:
+    """Replace the last nn.Linear (the ImageNet classifier) with Identity; return its in_features.
+    Without ``keep_dropout`` the Dropout layers just before it go too (MobileNetV2's
+    ``classifier = Dropout(0.2), Linear``): features reach the heads as the authors' students
+    give them (the backbone's children up to the classifier)."""
     last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not last:
         raise ValueError(f"torchvision model {name!r} has no linear classifier to replace")
     path, linear = last[-1]
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
     setattr(parent, path.rpartition(".")[2], nn.Identity())
+    if not keep_dropout and isinstance(parent, nn.Sequential):
+        children = list(parent.named_children())
+        for i in range(len(children) - 2, -1, -1):  # the run of Dropout layers before the classifier
+            child_name, child = children[i]
+            if not isinstance(child, nn.Dropout):
+                break
+            setattr(parent, child_name, nn.Identity())
     return linear.in_features
 
 
@@ -236,12 +261,20 @@ class DualHeadStudent(nn.Module):
     def dual_head(self) -> bool:
         return self.kd_head is not None
 
-    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None) -> HeadOutput:
+    def forward(self, images: Tensor | None = None, *, features: Tensor | None = None,
+                split: int | None = None) -> HeadOutput:
         """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits; or, for a frozen
-        backbone whose features [B, D] were computed before, ``features=`` -> the heads' logits."""
+        backbone whose features [B, D] were computed before, ``features=`` -> the heads' logits.
+        ``split``: rows [:split] and [split:] go through the backbone in two passes, so each has
+        its own BatchNorm batch statistics (the labeled and the unlabeled batch of a step)."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features=, not both")
-        z = self.backbone(self.preprocess(images)) if images is not None else features
+        if images is not None and split is not None and 0 < split < len(images):
+            z = torch.cat([self.backbone(self.preprocess(part)) for part in (images[:split], images[split:])])
+        elif images is not None:
+            z = self.backbone(self.preprocess(images))
+        else:
+            z = features
         projected = self.projector(z) if self.projector is not None else None
         ce = self.ce_head(projected if isinstance(self.ce_head, TextHead) else z)
         return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce, projected)
@@ -284,15 +317,17 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
     ``text_head``: h_CE is the frozen cosine classifier over ``class_embeddings`` [C, projector_dim]
     applied to the projector's output (a student trained by feature KD alone predicts so)."""
     backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights,
-                                                   image_size=cfg.image_size)
+                                                   image_size=cfg.image_size, quick_gelu=cfg.quick_gelu,
+                                                   torchvision_weights=cfg.torchvision_weights,
+                                                   keep_dropout=cfg.keep_dropout)
     num_classes = len(classnames)
     projector = nn.Linear(num_features, projector_dim) if projector_dim else None
     if text_head and (projector is None or class_embeddings is None or class_embeddings.shape[-1] != projector_dim):
         raise ValueError("a text head needs a projector and class embeddings of the projector's size")
 
     def head(kind: str) -> nn.Module:
-        return build_head(kind, num_features, num_classes, zeta=cfg.zeta,
-                          normalize_weight=cfg.cosine_normalize_weight, dropout=cfg.mlp_dropout)
+        return build_head(kind, num_features, num_classes, zeta=cfg.zeta, normalize_weight=cfg.cosine_normalize_weight,
+                          dropout=cfg.mlp_dropout, scale_bias=cfg.cosine_bias == "scaled")
 
     ce_head = TextHead(class_embeddings, cfg.zeta) if text_head else head(cfg.ce_head)
     kd_head = head(cfg.kd_head) if dual_head else None
@@ -308,7 +343,8 @@ def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: b
         "backbone": cfg.backbone, "source": _resolve_source(cfg.backbone, cfg.source), "num_features": num_features,
         "num_classes": num_classes, "ce_head": "text" if text_head else cfg.ce_head,
         "kd_head": cfg.kd_head if dual_head else None, "projector_dim": projector_dim,
-        "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "mlp_dropout": cfg.mlp_dropout,
+        "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "cosine_bias": cfg.cosine_bias,
+        "mlp_dropout": cfg.mlp_dropout,
         "image_size": cfg.image_size, "mean": list(norm["mean"]), "std": list(norm["std"]),
         "timm_kwargs": norm["timm_kwargs"],
     }
@@ -336,9 +372,10 @@ def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
     if num_features != spec["num_features"]:
         raise ValueError(f"backbone {spec['backbone']} has {num_features} features, checkpoint says {spec['num_features']}")
 
-    def head(kind: str) -> nn.Module:
+    def head(kind: str) -> nn.Module:  # checkpoints from before cosine_bias existed added the bias unscaled
         return build_head(kind, num_features, spec["num_classes"], zeta=spec["zeta"],
-                          normalize_weight=spec["cosine_normalize_weight"], dropout=spec["mlp_dropout"])
+                          normalize_weight=spec["cosine_normalize_weight"], dropout=spec["mlp_dropout"],
+                          scale_bias=spec.get("cosine_bias", "unscaled") == "scaled")
 
     kd_head = head(spec["kd_head"]) if spec.get("kd_head") else None
     dim = spec.get("projector_dim")
