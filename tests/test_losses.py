@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from dho.config import LossConfig
 from dho.heads import HeadOutput
-from dho.losses import METHOD_SPECS, binary_kd, dho_loss, feature_kd, kd_kl, method_loss
+from dho.losses import METHOD_SPECS, binary_kd, binary_kl_norm, dho_loss, feature_kd, kd_kl, method_loss
 from dho.teachers import TeacherOutput
 
 
@@ -126,9 +126,55 @@ def test_sskd_distils_the_kd_head_on_unlabeled_rows_only():
     assert losses["ce_loss"].item() == pytest.approx(F.cross_entropy(out.ce_logits[:3], labels).item(), rel=1e-6)
 
 
-def test_dhkd_adds_binary_kd_on_the_auxiliary_head():
+def _binary_kl_norm_reference(s, t, T, eps=1e-8):
+    """DHKD's rule in float64: d = clamp(sigmoid((s - t) / T)), KLDiv(log d, 1/2) + KLDiv(log(1 - d), 1/2)."""
+    d = torch.sigmoid((s.double() - t.double()) / T).clamp(eps, 1 - eps)
+    half = torch.full_like(d, 0.5)
+    kl = torch.nn.KLDivLoss(reduction="none")
+    return T**2 * (kl(torch.log(d), half) + kl(torch.log(1 - d), 1 - half)).sum() / s.shape[0]
+
+
+def test_binary_kl_norm_matches_the_kldivloss_rule_and_its_closed_form():
+    s = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    t = torch.tensor([[3.0, 0.0, 0.5], [-4.0, 1.0, 2.0]])
+    for T in (1.0, 2.0, 4.0):
+        ref = _binary_kl_norm_reference(s, t, T).item()
+        closed = T**2 / 2 * sum(math.log(math.cosh((a - b) / (2 * T))) for a, b in zip(s.flatten().tolist(), t.flatten().tolist()))
+        assert ref == pytest.approx(closed, rel=1e-9)
+        assert binary_kl_norm(s, t, T).item() == pytest.approx(ref, rel=1e-5)
+        a, b = s.clone().requires_grad_(), s.double().requires_grad_()
+        g_ours, = torch.autograd.grad(binary_kl_norm(a, t, T), a)
+        g_ref, = torch.autograd.grad(_binary_kl_norm_reference(b, t, T), b)
+        assert torch.allclose(g_ours.double(), g_ref, atol=1e-6)
+    # far outside the clamp: the float64 rule saturates, ours too (and stays finite in float32)
+    s, t = torch.tensor([[60.0, -60.0, 1.0]]), torch.tensor([[0.0, 0.0, 0.0]])
+    assert binary_kl_norm(s, t, 2.0).item() == pytest.approx(_binary_kl_norm_reference(s, t, 2.0).item(), rel=1e-5)
+    x = torch.randn(4, 6)
+    assert binary_kl_norm(x, x, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dhkd_default_is_ce_on_h_ce_plus_binary_kl_norm_on_the_auxiliary_head():
     out, teacher, labels = _batch()
-    losses = method_loss("dhkd", out, labels, teacher, 3, LossConfig())
+    ce_logits, kd_logits = out.ce_logits.requires_grad_(), out.kd_logits.requires_grad_()
+    losses = method_loss("dhkd", out, labels, teacher, 3, LossConfig(ce_weight=0.3, kd_weight=0.7))
+    ce = F.cross_entropy(ce_logits[:3], labels)
+    aux = binary_kl_norm(kd_logits[:3], teacher.logits[:3], 2.0) + binary_kl_norm(kd_logits[3:], teacher.logits[3:], 2.0)
+    assert losses["ce_loss"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert losses["kd_loss"].item() == pytest.approx(aux.item(), rel=1e-6)
+    assert losses["loss"].item() == pytest.approx((0.3 * ce + 0.7 * aux).item(), rel=1e-6)
+    assert "aux_loss" not in losses
+    mean = method_loss("dhkd", out, labels, teacher, 3, LossConfig(kd_reduction="mean"))
+    assert mean["kd_loss"].item() == pytest.approx(binary_kl_norm(kd_logits, teacher.logits, 2.0).item(), rel=1e-6)
+    # h_CE gets only the CE gradient: none from the KD term, none on the unlabeled rows
+    assert torch.autograd.grad(losses["kd_loss"], ce_logits, allow_unused=True)[0] is None
+    g_total, = torch.autograd.grad(losses["loss"], ce_logits)
+    g_ce, = torch.autograd.grad(0.3 * ce, ce_logits)
+    assert torch.allclose(g_total, g_ce) and g_total[3:].abs().sum() == 0
+
+
+def test_dhkd_main_head_kd_adds_binary_kd_on_the_auxiliary_head():
+    out, teacher, labels = _batch()
+    losses = method_loss("dhkd", out, labels, teacher, 3, LossConfig(dhkd="main_head_kd"))
     single = dho_loss(out.ce_logits, out.ce_logits, labels, teacher.logits, num_labeled=3)
     aux = binary_kd(out.kd_logits[:3], teacher.logits[:3], 2.0) + binary_kd(out.kd_logits[3:], teacher.logits[3:], 2.0)
     assert losses["aux_loss"].item() == pytest.approx(aux.item(), rel=1e-6)

@@ -48,17 +48,50 @@ def test_search_finds_a_planted_optimum():
     assert grid[:, 0].max() < 1.0 and grid[:, -1].max() < 1.0  # neither head alone gets there
 
 
+def _authors_search(ce, kd, y, alphas, betas):
+    """The authors' search (train_others.py, after f74da67) as a plain loop: beta in list order,
+    then alpha upward; the first strict improvement over the best so far is kept."""
+    best_acc, best_alpha, best_beta = 0.0, 0.0, 1.0
+    for beta in betas:
+        p_kd = (kd / beta).softmax(-1)
+        for alpha in sorted(alphas):
+            probs = alpha * ce.softmax(-1) + (1 - alpha) * p_kd
+            acc = float((probs.argmax(-1) == y).float().mean())
+            if acc > best_acc:
+                best_acc, best_alpha, best_beta = acc, alpha, beta
+    return best_alpha, best_beta, best_acc
+
+
 def test_ties_keep_the_authors_first_best():
     # identical heads: every grid point scores the same; the authors' loop keeps its first
-    # point: the first beta and KD weight 0, i.e. alpha = 1.
+    # point: the first beta and alpha = 0 (all weight on the KD head).
     ce = torch.randn(50, 3)
     y = ce.argmax(-1)
     best = search_mixing(ce, ce, y)
-    assert (best.alpha, best.beta, best.accuracy) == (1.0, 0.5, 1.0)
-    best = search_mixing(ce, ce, y, alphas=[0.2, 0.6], betas=[1.0, 3.0])
-    assert (best.alpha, best.beta) == (0.6, 1.0)
+    assert (best.alpha, best.beta, best.accuracy) == (0.0, 0.5, 1.0)
+    best = search_mixing(ce, ce, y, alphas=[0.6, 0.2], betas=[3.0, 1.0])  # alphas in any order, betas as given
+    assert (best.alpha, best.beta) == (0.2, 3.0)
+    # few rows, many ties: the same choice as the reference loop on every draw
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        ce, kd = torch.randn(12, 4, generator=gen), torch.randn(12, 4, generator=gen)
+        y = torch.randint(0, 4, (12,), generator=gen)
+        got = search_mixing(ce, kd, y)
+        alpha, beta, acc = _authors_search(ce, kd, y, DEFAULT_ALPHAS, DEFAULT_BETAS)
+        assert (got.alpha, got.beta) == (alpha, beta) and abs(got.accuracy - acc) < 1e-6
 
 
 def test_search_returns_three_fields():
     alpha, beta, acc = search_mixing(torch.randn(20, 3), torch.randn(20, 3), torch.randint(0, 3, (20,)))
     assert 0 <= alpha <= 1 and beta in DEFAULT_BETAS and 0 <= acc <= 1
+
+
+def test_alpha_without_validation_data_follows_the_paper():
+    from dho.config import RunConfig
+    from dho.mixing import default_alpha
+
+    cfg = RunConfig()
+    assert default_alpha(cfg) == 0.4  # zero-shot teacher
+    assert default_alpha(cfg.override({"teacher.adapter": "tip-f"})) == 0.2  # few-shot teacher
+    assert default_alpha(cfg.override({"data.shots": None, "data.fraction": 0.01})) == 0.5  # low-shot
+    assert default_alpha(cfg.override({"teacher.adapter": "tip", "eval.alpha": 0.7})) == 0.7  # set by the user

@@ -17,7 +17,7 @@ from .config import LossConfig
 from .heads import HeadOutput
 from .teachers.base import TeacherOutput
 
-__all__ = ["METHOD_SPECS", "MethodSpec", "binary_kd", "dho_loss", "feature_kd", "kd_kl", "method_loss"]
+__all__ = ["METHOD_SPECS", "MethodSpec", "binary_kd", "binary_kl_norm", "dho_loss", "feature_kd", "kd_kl", "method_loss"]
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -29,12 +29,28 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
 
 def binary_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """DHKD's binary KD: each class is a Bernoulli sigmoid(logit / T) on the pre-softmax logits;
-    T^2 * sum over classes of KL(teacher || student), averaged over rows. [B, C], [B, C] -> []."""
+    """A binary KD on the pre-softmax logits (``loss.dhkd=main_head_kd`` only): each class is a
+    Bernoulli sigmoid(logit / T); T^2 * sum over classes of KL(teacher || student), averaged over
+    rows. [B, C], [B, C] -> []. DHKD's own loss is :func:`binary_kl_norm`."""
     s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
     p_t = torch.sigmoid(t)
     kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
     return kl.sum(-1).mean() * temperature**2
+
+
+def binary_kl_norm(student_logits: Tensor, teacher_logits: Tensor, temperature: float, eps: float = 1e-8) -> Tensor:
+    """DHKD's BinaryKL-Norm: each logit difference x = (s - t) / T is a Bernoulli d = sigmoid(x)
+    pulled to 1/2, T^2 * sum over classes of KL(Bern(1/2) || Bern(d)), averaged over rows.
+    Per element that is log cosh(x / 2): zero at s = t, growing like |s - t| / (2T) far from it.
+    [B, C], [B, C] -> [].
+
+    d is clamped to [eps, 1 - eps] as in the authors' code, done here as the same clamp on x
+    (|x| <= logit(1 - eps)), which stays finite in float32, where 1 - 1e-8 rounds to 1.
+    """
+    bound = math.log((1 - eps) / eps)
+    half = ((student_logits.float() - teacher_logits.float()) / temperature).clamp(-bound, bound).abs() / 2
+    log_cosh = half + F.softplus(-2 * half) - math.log(2)
+    return log_cosh.sum(-1).mean() * temperature**2
 
 
 def feature_kd(projected: Tensor, teacher_features: Tensor, weight: float) -> Tensor:
@@ -109,7 +125,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "ce_kd_feature": MethodSpec(True, True, True, False, "one head trained with CE, plus feature KD through a projector",
                                 projector=True),
     "sskd": MethodSpec(True, True, True, True, "SSKD: CE head on labeled, KD head on unlabeled images; predicts with h_CE"),
-    "dhkd": MethodSpec(True, True, True, True, "DHKD: CE+KD on h_CE, binary KD on an auxiliary head; predicts with h_CE"),
+    "dhkd": MethodSpec(True, True, True, True, "DHKD: CE on h_CE, BinaryKL-Norm KD on an auxiliary head; predicts with h_CE"),
     "pcgrad": MethodSpec(True, True, True, False, "one head, CE+KD(logit) with PCGrad on the conflicting gradients",
                          pcgrad=True),
     "dho": MethodSpec(True, True, True, True, "CE head on labeled, KD head on all images; predict with the tuned mix",
@@ -123,7 +139,8 @@ def method_loss(
     """The loss of ``method`` on a batch laid out as in :func:`dho_loss` (labeled rows first).
 
     ``ce_loss`` and ``kd_loss`` are the unweighted terms (gradient-conflict diagnostics and PCGrad
-    use them); ``loss`` = ce_weight * ce_loss + kd_weight * kd_loss except for the pure methods.
+    use them); ``loss`` = ce_weight * ce_loss + kd_weight * kd_loss except for the pure methods and
+    ``dhkd`` with ``cfg.dhkd="main_head_kd"``, which adds kd_weight * ``aux_loss``.
     """
     if method not in METHOD_SPECS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_SPECS)}")
@@ -149,11 +166,30 @@ def method_loss(
         ce = F.cross_entropy(out.ce_logits[:num_labeled].float(), labels)
         kd = kd_kl(out.kd_logits[num_labeled:], teacher.logits[num_labeled:], T)
         return {"loss": cfg.ce_weight * ce + cfg.kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
-    kd_logits = out.kd_logits if method == "dho" else out.ce_logits  # ce_kd_logit, pcgrad, dhkd: KD on h_CE
-    losses = dho_loss(out.ce_logits, kd_logits, labels, teacher.logits, num_labeled=num_labeled,
-                      ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=T, kd_reduction=cfg.kd_reduction)
     if method == "dhkd":
-        aux = _labeled_unlabeled(lambda s, t: binary_kd(s, t, T), num_labeled, n, cfg.kd_reduction,
-                                 out.kd_logits, teacher.logits)
-        losses = {**losses, "loss": losses["loss"] + cfg.kd_weight * aux, "aux_loss": aux}
-    return losses
+        return _dhkd_loss(out, labels, teacher, num_labeled, cfg)
+    kd_logits = out.kd_logits if method == "dho" else out.ce_logits  # ce_kd_logit, pcgrad: KD on h_CE
+    return dho_loss(out.ce_logits, kd_logits, labels, teacher.logits, num_labeled=num_labeled,
+                    ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=T, kd_reduction=cfg.kd_reduction)
+
+
+def _dhkd_loss(out: HeadOutput, labels: Tensor, teacher: TeacherOutput, num_labeled: int,
+               cfg: LossConfig) -> dict[str, Tensor]:
+    """DHKD (Yang et al. 2024) on a labeled-first batch; the student predicts with h_CE.
+
+    ``cfg.dhkd="authors"`` (their code): ce_weight * CE(h_CE, labeled rows) + kd_weight *
+    BinaryKL-Norm(auxiliary head, teacher) over every row; h_CE gets no KD term, and ``kd_loss`` is
+    the auxiliary head's term. ``"main_head_kd"``: CE + softmax KD on h_CE (``kd_loss``) plus the
+    sigmoid-vs-sigmoid :func:`binary_kd` on the auxiliary head (``aux_loss``), also kd_weight.
+    """
+    n, T = out.ce_logits.shape[0], cfg.temperature
+    if cfg.dhkd == "authors":
+        ce = F.cross_entropy(out.ce_logits[:num_labeled].float(), labels)
+        kd = _labeled_unlabeled(lambda s, t: binary_kl_norm(s, t, T), num_labeled, n, cfg.kd_reduction,
+                                out.kd_logits, teacher.logits)
+        return {"loss": cfg.ce_weight * ce + cfg.kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
+    losses = dho_loss(out.ce_logits, out.ce_logits, labels, teacher.logits, num_labeled=num_labeled,
+                      ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, temperature=T, kd_reduction=cfg.kd_reduction)
+    aux = _labeled_unlabeled(lambda s, t: binary_kd(s, t, T), num_labeled, n, cfg.kd_reduction,
+                             out.kd_logits, teacher.logits)
+    return {**losses, "loss": losses["loss"] + cfg.kd_weight * aux, "aux_loss": aux}

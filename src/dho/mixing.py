@@ -12,8 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "MixingResult", "mix_probs", "mixing_grid", "search_mixing", "tune_mixing",
-           "write_grid_csv"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "MixingResult", "default_alpha", "mix_probs", "mixing_grid",
+           "search_mixing", "tune_mixing", "write_grid_csv"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
 DEFAULT_BETAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
@@ -64,18 +64,29 @@ def search_mixing(
 ) -> MixingResult:
     """The best (alpha, beta, accuracy) on held-out logits, with the authors' tie rule.
 
-    The authors enumerate beta in the given order, then the KD weight (1 - alpha) upward, and keep
-    the first strict improvement. So among equal accuracies the earliest beta wins, and within
-    it the largest alpha (most weight on the CE head). Never call this on the test split.
+    The authors' search runs beta in the given order, then alpha (the CE weight) upward, and keeps
+    the first strict improvement: among equal accuracies the earliest beta wins, and within it
+    the smallest alpha (most weight on the KD head). Never call this on the test split.
     """
     alphas = tuple(DEFAULT_ALPHAS if alphas is None else alphas)
     betas = tuple(DEFAULT_BETAS if betas is None else betas)
     grid = mixing_grid(ce_logits, kd_logits, labels, alphas, betas)  # [B, A]
-    order = sorted(range(len(alphas)), key=lambda i: -alphas[i])  # the authors' enumeration
+    order = sorted(range(len(alphas)), key=lambda i: alphas[i])  # alpha upward, as the authors enumerate
     flat = grid[:, order].flatten()
-    best = int(torch.argmax(flat))  # first maximum
+    best = int(torch.argmax(flat))  # first maximum = first strict improvement
     bi, ai = divmod(best, len(alphas))
     return MixingResult(float(alphas[order[ai]]), float(betas[bi]), float(flat[best]))
+
+
+def default_alpha(cfg) -> float:
+    """alpha without validation data (``cfg`` a RunConfig): ``eval.alpha`` when set, else the
+    paper's choice: 0.5 in the low-shot setting (a labeled fraction), 0.2 with a few-shot teacher,
+    0.4 with a zero-shot one."""
+    if cfg.eval.alpha is not None:
+        return cfg.eval.alpha
+    if cfg.data.shots is None:
+        return 0.5
+    return 0.2 if cfg.teacher.adapter != "none" else 0.4
 
 
 def tune_mixing(cfg, student, val_logits) -> dict:
@@ -89,7 +100,7 @@ def tune_mixing(cfg, student, val_logits) -> dict:
     if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
         return {"alpha": 1.0, "beta": 1.0, "selection": f"{cfg.loss.method} predicts with h_CE"}
     if val_logits is None or len(val_logits.labels) == 0:
-        return {"alpha": cfg.eval.alpha, "beta": cfg.eval.beta, "selection": "default (no validation data)"}
+        return {"alpha": default_alpha(cfg), "beta": cfg.eval.beta, "selection": "default (no validation data)"}
     best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
     return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
 

@@ -17,15 +17,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
 
 
-def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> float:
+    """Warm-up length in steps; a fraction of the run is kept fractional, as the authors' schedule
+    takes ``0.1 * epochs * steps_per_epoch`` unrounded."""
     if cfg.schedule in ("cosine", "constant"):
         return 0
     if cfg.warmup_steps is not None:
         return min(cfg.warmup_steps, total_steps)
-    return int(cfg.warmup_fraction * total_steps)
+    return cfg.warmup_fraction * total_steps
 
 
-def lr_factor(step: int, total_steps: int, schedule: str, warmup: int) -> float:
+def lr_factor(step: int, total_steps: int, schedule: str, warmup: float) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based)."""
     if step < warmup:
         return step / max(1, warmup)

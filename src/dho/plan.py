@@ -14,9 +14,13 @@ __all__ = ["planned_views", "steps_per_epoch", "total_steps", "training_view_siz
 
 
 def steps_per_epoch(cfg: RunConfig, manifest: SplitManifest) -> int:
-    """Authors' definitions: one pass over the labeled set (few-shot) or the unlabeled set (ImageNet)."""
+    """Authors' definitions: one pass over the labeled set (few-shot) or the unlabeled set (ImageNet),
+    in ceil(n / batch_size) steps as their loaders keep the last partial batch (``optim.epoch_rounding``).
+    Our batches are always full (the streams run on across passes), so an epoch of ceil steps
+    draws up to one batch more than n images."""
     n = len(manifest.labeled if cfg.optim.epoch_mode == "labeled" else manifest.unlabeled)
-    return max(1, n // cfg.optim.batch_size)
+    whole, rest = divmod(n, cfg.optim.batch_size)
+    return max(1, whole + (rest > 0 and cfg.optim.epoch_rounding == "ceil"))
 
 
 def training_view_size(cfg: RunConfig, teacher_size: int) -> int:

@@ -40,7 +40,7 @@ from .losses import METHOD_SPECS, method_loss
 from .mixing import tune_mixing, write_grid_csv
 from .optim import build_optimizer, build_scheduler
 from .plan import planned_views, steps_per_epoch, total_steps, training_view_size
-from .precision import autocast, resolve_precision
+from .precision import autocast, precision_name, resolve_precision
 from .state import TrainState, discard_state, load_state, save_state
 from .stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
 from .students import (
@@ -139,6 +139,10 @@ def _teacher_cache(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None)
     if clash:
         raise ValueError(f"teacher.cache={cfg.teacher.cache} was built for other views: "
                          + ", ".join(f"{k}={a} (this run: {b})" for k, (a, b) in clash.items()))
+    ours = precision_name(base.autocast_dtype)
+    if info.get("teacher_precision", ours) != ours:
+        log.warning("teacher.cache=%s was computed at %s, this run's teacher runs at %s: replayed outputs differ "
+                    "from online ones by that rounding", cfg.teacher.cache, info["teacher_precision"], ours)
     if cache.store.meta["topk"] and cfg.teacher.adapter != "none":
         raise ValueError(f"teacher.cache={cfg.teacher.cache} keeps top-{cache.store.meta['topk']} logits; "
                          "the few-shot teacher needs all of them (build the store without --topk)")
@@ -216,6 +220,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     elif teacher.classnames != manifest.classes:
         raise ValueError("the given teacher was built for other classes than this dataset's")
     teacher = teacher.to(device)
+    (teacher.base if isinstance(teacher, FewShotTeacher) else teacher).autocast_dtype = amp
     student = _build_student(cfg, teacher, manifest.classes).to(device)
     if frozen:
         student.freeze_backbone()
@@ -233,9 +238,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     @torch.no_grad()
     def teacher_outputs(images: torch.Tensor, keys: list[str]) -> TeacherOutput:
         if teacher_cache is None:
-            with autocast(device, amp):
-                out = teacher(images)
-            return TeacherOutput(out.features.float(), out.logits.float())
+            return teacher(images)  # at the run's precision (teacher.autocast_dtype)
         out = teacher_cache.outputs(images, keys)  # the base teacher's outputs
         return teacher.adapt(out) if isinstance(teacher, FewShotTeacher) else out
     def store(items, name):
@@ -288,6 +291,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     # ---- loop -------------------------------------------------------------------------------
     # A step's forward pass updates BatchNorm statistics before its loss can be checked: a copy of
     # the buffers lets a non-finite loss save the state after the last good step, untouched.
+    separate = cfg.student.stream_forward == "separate"  # labeled and unlabeled rows in two passes (BatchNorm)
     buffers = [] if frozen else list(student.buffers())
     good_buffers = [b.detach().clone() for b in buffers]
     student.train()
@@ -299,7 +303,10 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
             for kept, b in zip(good_buffers, buffers):
                 kept.copy_(b)
             with autocast(device, amp):
-                out = model(features=batch.inputs) if frozen else model(batch.inputs)
+                if frozen:
+                    out = model(features=batch.inputs)
+                else:
+                    out = model(batch.inputs, split=batch.num_labeled if separate else None)
             losses = method_loss(cfg.loss.method, out, batch.labels, batch.teacher, batch.num_labeled, cfg.loss)
             bad = distributed.nonfinite_terms(ctx, losses)
             if bad:  # no weight has changed yet; with the buffers put back this is the last good state
@@ -309,7 +316,8 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
                 raise NonFiniteLoss(step + 1, [k for k in bad if k != "loss"] or bad,
                                     {k: float(v.detach()) for k, v in losses.items()}, path)
             if conflict_every and step % conflict_every == 0 and ctx.is_main:
-                conflict = gradient_conflict(student.backbone, out, losses, batch.labels, batch.teacher, batch.num_labeled)
+                conflict = gradient_conflict(student.backbone, out, losses, batch.labels, batch.teacher, batch.num_labeled,
+                                             mode=cfg.eval.conflict, max_samples=cfg.eval.conflict_samples)
                 if conflict is not None:
                     metrics.write({"step": step + 1, "epoch": (step + 1) / spe, "conflict": conflict})
             optimizer.zero_grad(set_to_none=True)
