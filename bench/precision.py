@@ -2,7 +2,8 @@
 
 The demo's three kinds of work, each timed under both precisions in turn in one process:
 the teacher forward (imagenet-bridge at 160 px), the student's training step (EfficientNet-Lite0
-at 64 px, two heads, DHO loss, AdamW) and the student's evaluation forward; plus the paper's
+at 64 px in channels-last as training runs it, two heads, DHO loss, AdamW) and the student's
+evaluation forward; plus the paper's
 small-dataset pair (ResNet-18 student at 224 px; an RN50-sized CLIP image tower as the teacher,
 random weights). Ratios > 1 mean bf16 is faster. Accuracy under each precision comes from
 `dho demo --precision fp32|bf16` (bench/RESULTS.md records both).
@@ -72,6 +73,9 @@ def measure(name: str, student_cfg: dict, teacher_cfg: dict, size: int, teacher_
     cfg = RunConfig().override({**student_cfg, **teacher_cfg})
     teacher = build_teacher(cfg.teacher, CLASSES)
     student = build_student(cfg.student, CLASSES).train()
+    if cfg.channels_last:  # as train() runs a student (NHWC; the fp32 fast path on the CPU)
+        student.to(memory_format=torch.channels_last)
+        student.preprocess.channels_last = True
     images = torch.randint(0, 256, (2 * batch, 3, size, size), dtype=torch.uint8)
     teacher_images = torch.randint(0, 256, (2 * batch, 3, teacher_size, teacher_size), dtype=torch.uint8)
     labels = torch.randint(0, len(CLASSES), (batch,))

@@ -326,7 +326,7 @@ class RunConfig:
     device: str = "auto"
     threads: int | None = None  # torch threads; None = the free cores
     channels_last: bool = True  # NHWC memory layout for convolutional students
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs (measured)
     compile: bool = False  # torch.compile the student's backbone
     checkpoint_every: int = 500  # steps between resumable training states (state/last); 0 = only at the end
     out: str = "runs/dho"
