@@ -1,12 +1,14 @@
 # The two entry points of the README: `make demo` and `make test`. Each sets itself up.
+# `make lint` (ruff + mypy) runs in CI before the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.lint-installed
 # torch from this project's machines' local wheel store (Python 3.11, x86_64); override elsewhere.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,11 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[lint]"
+	touch $(LINT_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/dho demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,7 +1,7 @@
 """Benchmark (4): heads-only training (frozen backbone, features and teacher outputs computed once)
 against a bare two-Linear training step on random tensors, side by side in one process.
 
-Ours: the training loop's step on :class:`dho.batches.FeatureBatches` (gather the batch's rows,
+Ours: the training loop's step on :class:`dho.training.batches.FeatureBatches` (gather the batch's rows,
 both heads, the DHO loss, the all-ranks finiteness check, AdamW, the schedule). Bare: two
 ``nn.Linear`` on a fixed tensor with the same loss and optimiser. Target: ours >= 0.5x bare.
 
@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dho.batches import FeatureBatches
 from dho.config import LossConfig, OptimConfig, RunConfig
 from dho.data import ImageStore, TrainViews, make_synthetic_folder
 from dho.data.splits import splits_for
-from dho.distributed import DistContext, all_finite
 from dho.losses import method_loss
-from dho.optim import build_optimizer, build_scheduler
 from dho.students import build_student
 from dho.teachers import TeacherOutput
-from dho.plan import planned_views
+from dho.training.batches import FeatureBatches
+from dho.training.distributed import DistContext, all_finite
+from dho.training.optim import build_optimizer, build_scheduler
+from dho.training.plan import planned_views
 from timing import machine, report, side_by_side
 
 SETUPS = {  # name -> (backbone giving D, classes, batch per stream)

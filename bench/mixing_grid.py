@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -53,8 +54,8 @@ def main() -> None:
         y = torch.randint(0, c, (args.n,), generator=gen)
         ce = torch.randn(args.n, c, generator=gen) + 2 * torch.nn.functional.one_hot(y, c)
         kd = torch.randn(args.n, c, generator=gen) + 2 * torch.nn.functional.one_hot(y, c)
-        t_vec, best = median_time(lambda: search_mixing(ce, kd, y), args.repeats)
-        t_loop, ref = median_time(lambda: loop_search(ce, kd, y), args.repeats)
+        t_vec, best = median_time(partial(search_mixing, ce, kd, y), args.repeats)
+        t_loop, ref = median_time(partial(loop_search, ce, kd, y), args.repeats)
         same = (best.alpha, best.beta) == ref[:2]
         print(f"N={args.n} C={c}: vectorised {t_vec * 1000:8.1f} ms, loop {t_loop * 1000:8.1f} ms, "
               f"ratio {t_loop / t_vec:5.2f}x, same choice: {same} (alpha={best.alpha}, beta={best.beta})")

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 from dho.data.decode import content_digest
 from dho.data.duplicates import overlap_lines, split_overlaps
-from dho.data.splits import SPLITS, SplitManifest, make_splits
+from dho.data.manifest import SPLITS, SplitManifest
+from dho.data.splits import make_splits
 from timing import machine, report, side_by_side
 
 
@@ -60,8 +62,8 @@ def main() -> None:
     print(machine())
     for name, manifest in cases.items():
         assert sorted(split_overlaps(manifest)) == sorted(hash_everything(manifest)), name
-        medians = side_by_side({"staged check": lambda: split_overlaps(manifest),
-                                "hash every file": lambda: hash_everything(manifest)}, rounds=args.rounds)
+        medians = side_by_side({"staged check": partial(split_overlaps, manifest),
+                                "hash every file": partial(hash_everything, manifest)}, rounds=args.rounds)
         n = sum(len(manifest.split(s)) for s in SPLITS)
         report(f"{name}: {n} files, same lines", medians, {"hash every file / staged": ("hash every file", "staged check")})
 

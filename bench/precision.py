@@ -19,11 +19,11 @@ import copy
 import torch
 
 from dho.config import RunConfig
+from dho.device import autocast, cpu_has_native_bf16
 from dho.losses import method_loss
-from dho.optim import build_optimizer
-from dho.precision import autocast, cpu_has_native_bf16
 from dho.students import build_student
 from dho.teachers import build_teacher
+from dho.training.optim import build_optimizer
 from timing import machine, report, side_by_side
 
 CLASSES = [f"class {i}" for i in range(10)]

@@ -28,19 +28,19 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from dho.batches import ImageBatches
 from dho.config import RunConfig
 from dho.data import ImageStore, TrainViews, make_synthetic_folder
 from dho.data.splits import splits_for
-from dho.distributed import DistContext, all_finite
+from dho.device import autocast, resolve_precision
 from dho.losses import method_loss
-from dho.optim import build_optimizer, build_scheduler
-from dho.precision import autocast, resolve_precision
-from dho.precompute import teacher_requests, teacher_job
 from dho.students import build_student
 from dho.teachers import TeacherOutput, build_teacher
 from dho.teachers.cache import TeacherCache
-from dho.plan import planned_views
+from dho.training.batches import ImageBatches
+from dho.training.distributed import DistContext, all_finite
+from dho.training.optim import build_optimizer, build_scheduler
+from dho.training.plan import planned_views
+from dho.training.precompute import teacher_job, teacher_requests
 from timing import machine, report, side_by_side
 
 # name -> (student backbone, student px, teacher overrides, default batch per stream on GPU / CPU)

@@ -182,7 +182,7 @@ def sigterm_at_step(monkeypatch, call: int) -> None:
     this process); every later step computes as usual."""
     import importlib
 
-    train_module = importlib.import_module("dho.train")  # the module (dho.train is also the function)
+    train_module = importlib.import_module("dho.loop")  # the training loop module
     real, calls = train_module.method_loss, []
 
     def loss(*args, **kwargs):

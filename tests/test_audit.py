@@ -5,11 +5,11 @@ import os
 import shutil
 
 import pytest
-from conftest import write_image_zoo
 
-from dho.cli import main
+from conftest import write_image_zoo
+from dho.cli.app import main
 from dho.data.audit import audit_folder, inspect_files
-from dho.train import train
+from dho.loop import train
 
 
 def _dataset(tmp_path, synth_root):

@@ -4,12 +4,13 @@ import dataclasses
 import json
 
 import pytest
-from conftest import write_coop_tree, write_fgvc_tree, write_imagenet_tree
 
+from conftest import write_coop_tree, write_fgvc_tree, write_imagenet_tree
 from dho.config import ConfigError, DataConfig
 from dho.data.benchmarks import read_coop, read_fgvc, read_imagenet
+from dho.data.manifest import SplitManifest
 from dho.data.protocols import AUTHORS_SUBSET_SEED, protocol_manifest
-from dho.data.splits import SplitManifest, splits_for
+from dho.data.splits import splits_for
 from dho.teachers.templates import get_templates, templates_for
 
 
@@ -190,7 +191,7 @@ def test_protocol_manifest_over_pools_keeps_labels(tmp_path):
 
 def test_training_on_a_coop_benchmark(tiny_cfg, tmp_path):
     from dho.checkpoint import load_metadata
-    from dho.train import train
+    from dho.loop import train
 
     root = write_coop_tree(tmp_path / "data")
     cfg = tiny_cfg.override({"data.root": str(root), "data.format": "coop", "data.dataset": "dtd",
@@ -367,3 +368,10 @@ def _counts(items):
     for _, y in items:
         out[y] = out.get(y, 0) + 1
     return out
+
+
+def test_the_config_names_every_benchmark_reader():
+    from dho.config import DATASET_NAMES
+    from dho.data.benchmarks import DATASETS
+
+    assert set(DATASET_NAMES) == set(DATASETS)

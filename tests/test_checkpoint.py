@@ -43,7 +43,7 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_damaged_or_swapped_weights_are_refused(tmp_path):
-    from dho.atomic import DamagedCheckpoint
+    from dho.files import DamagedCheckpoint
 
     student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["x", "y"])
     save_checkpoint(student, tmp_path / "a")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dho.cli import main
+from dho.cli.app import main
 
 
 def _run(capsys, *argv):
@@ -71,7 +71,7 @@ def test_bad_arguments_exit_with_usage(capsys):
 def test_disk_full_and_out_of_memory_are_one_line(capsys, monkeypatch):
     import errno
 
-    import dho.cli
+    import dho.cli.app
 
     for err, expected in [
         (OSError(errno.ENOSPC, "No space left on device", "runs/x/state/last/tensors.safetensors"),
@@ -82,7 +82,7 @@ def test_disk_full_and_out_of_memory_are_one_line(capsys, monkeypatch):
         def fail(args, err=err):
             raise err
 
-        monkeypatch.setattr(dho.cli, "cmd_synth", fail)
+        monkeypatch.setattr(dho.cli.app, "cmd_synth", fail)
         assert main(["synth", "--out", "x"]) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), lines

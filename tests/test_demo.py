@@ -1,7 +1,7 @@
 import json
 
-from dho.cli import main
-from dho.demo import METHODS
+from dho.cli.app import main
+from dho.experiments.demo import METHODS
 
 
 def test_synthetic_demo_writes_table_json_and_plot(tmp_path, capsys):

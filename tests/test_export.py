@@ -2,9 +2,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dho.classifier import DHOClassifier
-from dho.export import MixedClassifier, export_checkpoint, load_exported
-from dho.train import train
+from dho.loop import train
+from dho.ship.classifier import DHOClassifier
+from dho.ship.export import MixedClassifier, export_checkpoint, load_exported
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_classifier_predicts_paths_pil_and_tensors(run_dir, synth_root):
 
 
 def test_export_command_line(run_dir, tmp_path, capsys):
-    from dho.cli import main
+    from dho.cli.app import main
 
     assert main(["export", str(run_dir / "checkpoint"), "--out", str(tmp_path / "m.onnx"), "--check", "8",
                  "--no-teacher-speed"]) == 0

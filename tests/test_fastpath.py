@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from dho.batches import FeatureBatches, ImageBatches, RankSlice
 from dho.data import ImageStore, StreamSampler, TrainViews
 from dho.data.splits import splits_for
-from dho.precision import resolve_precision
-from dho.plan import planned_views
-from dho.train import train
+from dho.device import resolve_precision
+from dho.loop import train
+from dho.training.batches import FeatureBatches, ImageBatches, RankSlice
+from dho.training.plan import planned_views
 
 
 def test_rank_slices_partition_every_global_batch():
@@ -84,7 +84,7 @@ PRECISION_TOLERANCE = {"fp32": (1e-5, 1e-4), "bf16": (5e-2, 1e-2)}
 
 @pytest.mark.parametrize("precision", PRECISION_TOLERANCE)
 def test_cache_teacher_store_replays_every_view_of_the_run(tiny_cfg, tmp_path, capsys, precision):
-    from dho.cli import main
+    from dho.cli.app import main
     from dho.config import save_config
     from dho.teachers import build_teacher
     from dho.teachers.store import TeacherStore
@@ -140,12 +140,12 @@ def test_torchrun_two_processes_match_one_process(synth_root, tmp_path, extra, p
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     sums = ddp["distributed"]["param_checksums"]
     assert ddp["distributed"]["world_size"] == 2 and sums[0] == sums[1]
-    from dho.distributed import param_checksum
-
     from dho.checkpoint import load_student
+    from dho.training.distributed import param_checksum
 
     replica = load_student(tmp_path / "ddp" / "checkpoint")
-    diff = max(float((x.float() - y.float()).abs().max()) for x, y in zip(replica.state_dict().values(), single.student.state_dict().values()))
+    diff = max(float((x.float() - y.float()).abs().max())
+               for x, y in zip(replica.state_dict().values(), single.student.state_dict().values()))
     print(f"{precision}: max weight difference, 2 processes vs 1: {diff:.2e}; checksums {sums[0]:.6f} vs "
           f"{param_checksum(single.student):.6f}")
     assert diff < weight_tol

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from dho.features import _balanced_subsample, extract_features, linear_eval, linear_eval_run, tsne_plot, tsne_run
+from dho.experiments.features import _balanced_subsample, extract_features, linear_eval, linear_eval_run, tsne_plot, tsne_run
 from dho.students import build_student
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,7 +102,7 @@ def one_thread():
 
 
 def test_linear_eval_and_tsne_of_a_trained_run(tiny_cfg, one_thread):
-    run = importlib.import_module("dho.train").train(tiny_cfg.override({"threads": 1})).run_dir
+    run = importlib.import_module("dho.loop").train(tiny_cfg.override({"threads": 1})).run_dir
     splits = json.loads((run / "splits.json").read_text())
     result = linear_eval_run(run, batch_size=16)
     assert json.loads((run / "linear_eval.json").read_text()) == result

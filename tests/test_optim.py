@@ -1,6 +1,6 @@
 import pytest
 
-from dho.optim import lr_factor
+from dho.training.optim import lr_factor
 
 
 def test_linear_warmup_then_linear_decay():

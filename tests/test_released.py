@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 
 from dho.checkpoint import load_metadata, load_student
-from dho.cli import main
+from dho.cli.app import main
 from dho.mixing import mix_probs
-from dho.released import import_checkpoint, read_class_names
+from dho.ship.released import import_checkpoint, read_class_names
 
 CLASSES = ["cat", "dog", "owl"]
 

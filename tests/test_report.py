@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from dho.report import (
+from dho.experiments.report import (
     conflict_table,
-    load_results, plot_accuracy_vs_shots, plot_agreement, plot_conflict, plot_mixing_heatmap, summary_table,
-    write_report, write_tables,
+    load_results,
+    plot_accuracy_vs_shots,
+    plot_agreement,
+    plot_conflict,
+    plot_mixing_heatmap,
+    summary_table,
+    write_report,
+    write_tables,
 )
 
 COLUMNS = ["teacher", "shots", "seed", "method", "run_dir", "test", "test_ce_head", "test_kd_head", "alpha", "beta",
@@ -90,7 +96,7 @@ def test_load_results_types_values(tmp_path):
 
 
 def test_load_results_low_shot_fraction(tmp_path):
-    row = {c: "" for c in COLUMNS} | {"teacher": "t", "shots": "0.01", "seed": "2", "method": "ce", "test": "0.25"}
+    row = dict.fromkeys(COLUMNS, "") | {"teacher": "t", "shots": "0.01", "seed": "2", "method": "ce", "test": "0.25"}
     _write_csv(tmp_path / "results.csv", [row], COLUMNS)
     (loaded,) = load_results(tmp_path)
     assert loaded["shots"] == pytest.approx(0.01) and isinstance(loaded["shots"], float)
@@ -157,7 +163,7 @@ def test_plot_accuracy_low_shot_fractions(tmp_path):
 def test_plots_skip_missing_inputs(tmp_path, caplog):
     run = tmp_path / "run"
     _write_run(run, "dho", 0.5, dual=True, grid=False, conflict=False)
-    with caplog.at_level(logging.WARNING, logger="dho.report"):
+    with caplog.at_level(logging.WARNING, logger="dho.experiments.report"):
         assert plot_mixing_heatmap(run, tmp_path / "mix.png") is None
         assert plot_conflict({"dho": run}, tmp_path / "conflict.png") is None
         assert plot_agreement([tmp_path / "absent"], tmp_path / "agree.png") is None
@@ -184,7 +190,7 @@ def test_write_report_writes_and_links_everything(tmp_path):
 
 def test_write_report_without_mixing_grid(tmp_path, caplog):
     sweep = _fake_sweep(tmp_path / "sweep", grid=False)
-    with caplog.at_level(logging.WARNING, logger="dho.report"):
+    with caplog.at_level(logging.WARNING, logger="dho.experiments.report"):
         paths = write_report(sweep, tmp_path / "out")
     assert not any(name.startswith("mixing") for name in paths)
     assert {"table.md", "table.csv", "accuracy_vs_shots.png", "agreement.png", "report.md"} <= set(paths)

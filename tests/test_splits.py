@@ -136,7 +136,7 @@ def test_split_properties(tmp_path_factory, counts, shots, seed, val_fraction, p
     assert sum(map(len, groups)) == len(set().union(*groups))  # disjoint
     kept = m.classes
     assert groups[0] | groups[1] | groups[2] == {f"train/{c}/{i:03d}.png" for c in kept for i in range(counts[int(c[1:])])}
-    for label, c in enumerate(kept):
+    for label in range(len(kept)):
         labeled = sum(y == label for _, y in m.labeled)
         pool = labeled + sum(y == label for _, y in m.unlabeled)
         assert labeled == (min(shots, pool) if policy == "take_all" else shots)
@@ -152,7 +152,7 @@ def test_overlap_check_reads_only_what_could_match_and_misses_nothing(tmp_path):
 
     from dho.data.decode import content_digest
     from dho.data.duplicates import HEAD_BYTES, split_overlaps
-    from dho.data.splits import SPLITS, SplitManifest
+    from dho.data.manifest import SPLITS, SplitManifest
 
     rng = random.Random(0)
     big, small = rng.randbytes(3 * HEAD_BYTES), rng.randbytes(500)

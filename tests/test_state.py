@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import sigterm_at_step
+from dho.files import DamagedCheckpoint, read_marker, write_dir_atomic
+from dho.loop import train
+from dho.training.state import _join, _split, load_state
+from dho.training.stopping import TrainingInterrupted
 
-from dho.atomic import DamagedCheckpoint, read_marker, write_dir_atomic
-from dho.state import _join, _split, load_state
-from dho.stopping import TrainingInterrupted
-from dho.train import train
-
-TRAIN = importlib.import_module("dho.train")  # the module (dho.train is also the function)
+TRAIN = importlib.import_module("dho.loop")  # the training loop module
 
 
 def test_nested_states_round_trip_without_pickle():
@@ -98,7 +98,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cfg, tmp_p
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics == [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
 
-    with caplog.at_level(logging.WARNING, logger="dho.state"):
+    with caplog.at_level(logging.WARNING, logger="dho.training.state"):
         fallback = train(cfg.override({"out": str(damaged)}), resume=True)
     assert "falling back" in caplog.text and "step 4" in caplog.text
     _assert_same_weights(whole.student, fallback.student)

@@ -6,14 +6,14 @@ import signal
 
 import pytest
 import torch
+
 from conftest import sigterm_at_step
+from dho.cli.app import main
+from dho.loop import train
+from dho.training.state import load_state
+from dho.training.stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
 
-from dho.cli import main
-from dho.state import load_state
-from dho.stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
-from dho.train import train
-
-TRAIN = importlib.import_module("dho.train")  # the module (dho.train is also the function)
+TRAIN = importlib.import_module("dho.loop")  # the training loop module
 
 
 def _poison(monkeypatch, at_call: int, term: str = "kd_loss"):

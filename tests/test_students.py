@@ -58,16 +58,16 @@ def test_predict_accepts_tensors_and_files(synth_root):
 
 
 def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip):
+    from dho.backbones import student_text_embeddings
     from dho.checkpoint import load_student
-    from dho.students import student_text_embeddings
-    from dho.train import _build_student, train
+    from dho.loop import _student, train
 
     cfg = tiny_cfg.override({"student.backbone": tiny_clip, "student.kd_head": "cosine", "student.language_init": True,
                              "optim.epochs": 2})  # the synthetic teacher's 64-d embeddings do not fit the 16-d tower
     student = build_student(StudentConfig(backbone=tiny_clip, source="open_clip", image_size=32), ["a", "b"])
     assert student.spec["source"] == "open_clip" and student.spec["num_features"] == 16
 
-    class Prompts:  # what _build_student reads from a teacher
+    class Prompts:  # what _student reads from a teacher
         class_embeddings = torch.zeros(4, 64)
         templates = ("a photo of a {}.",)
 
@@ -76,7 +76,7 @@ def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip)
     own = student_text_embeddings(cfg.student, classes, Prompts.templates)
     assert own.shape == (4, 16)
     torch.manual_seed(1)
-    built = _build_student(cfg, Prompts, classes)  # the heads start from the tower's own text embeddings
+    built = _student(cfg, Prompts, classes, torch.device("cpu"))  # the heads start from the tower's own text embeddings
     torch.testing.assert_close(built.ce_head.weight, own)
     torch.testing.assert_close(built.kd_head.weight, own)
     result = train(cfg)
@@ -112,7 +112,7 @@ def test_clip_tower_student_at_another_size_keeps_its_grid_through_a_checkpoint(
 
 
 def test_a_backbone_asked_of_the_wrong_library_says_which_has_it():
-    from dho.students import create_backbone
+    from dho.backbones import create_backbone
 
     with pytest.raises(ValueError, match="torchvision has no model 'efficientnet_lite0' .timm has it: student.source=timm"):
         create_backbone("efficientnet_lite0", source="torchvision", pretrained=True)

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
-from conftest import sigterm_at_step
 
+from conftest import sigterm_at_step
 from dho.config import ConfigError
-from dho.sweep import SweepConfig, load_sweep, run_sweep
+from dho.experiments.sweep import SweepConfig, load_sweep, run_sweep
 from dho.teachers import build_teacher
 from dho.teachers.cache import TeacherCache
 
@@ -80,7 +80,7 @@ def test_teacher_cache_save_load_round_trip(tmp_path, tiny_cfg):
 
 
 def test_sweep_report_and_feature_tools_from_the_command_line(tmp_path, synth_root, capsys):
-    from dho.cli import main
+    from dho.cli.app import main
 
     out = tmp_path / "out"
     assert main(["-q", "sweep", str(_sweep_file(tmp_path, synth_root, methods="[ce_kd_logit, dho]")), "--out", str(out)]) == 0
@@ -117,7 +117,7 @@ run:
     assert (tmp_path / "cut" / run / "state").is_dir() and not (tmp_path / "cut" / run / "results.json").exists()
     monkeypatch.undo()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="dho.train"):
+    with caplog.at_level(logging.INFO, logger="dho.loop"):
         run_sweep(sweep, base, tmp_path / "cut")
     assert "resumed from" in caplog.text and "after step 4 of 6" in caplog.text  # it went on from the saved state
 

@@ -111,7 +111,7 @@ def test_fold_batchnorm_keeps_outputs():
 def test_cpu_chunked_forward_matches_whole_batch(rn50_teacher, monkeypatch):
     """On the CPU a teacher runs its rows in chunks; the outputs stay those of one whole-batch
     forward, rows in order."""
-    from dho.chunking import cpu_chunk_rows
+    from dho.device import cpu_chunk_rows
 
     assert cpu_chunk_rows("cpu", 224) == 4 and cpu_chunk_rows("cpu", 64) == 32 and cpu_chunk_rows("cuda", 224) == 0
     torch.manual_seed(1)
@@ -185,3 +185,11 @@ def test_torchscript_archives_are_openai_checkpoints(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "RN50.pt")  # OpenAI ships TorchScript
     torch.save({"w": torch.zeros(1)}, tmp_path / "laion.pt")
     assert wants_quick_gelu("RN50", str(tmp_path / "RN50.pt")) and not wants_quick_gelu("RN50", str(tmp_path / "laion.pt"))
+
+
+def test_every_teacher_kind_the_config_accepts_has_a_builder():
+    import typing
+
+    from dho.teachers import TEACHERS
+
+    assert typing.get_args(typing.get_type_hints(TeacherConfig)["kind"]) == tuple(TEACHERS)

@@ -1,3 +1,4 @@
+import itertools
 import json
 import logging
 import math
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from dho.cli import main
+from dho.cli.app import main
 from dho.config import ConfigError
 from dho.data import ImageStore, TrainViews
 from dho.data.splits import splits_for
@@ -17,11 +18,25 @@ from dho.preprocess import Preprocess
 from dho.teachers import Teacher, build_teacher
 from dho.teachers.cache import TeacherCache
 from dho.teachers.fewshot import (
-    ADAPTER_SEED_OFFSET, FewShotTeacher, adapter_view_indices, fit_fewshot_teacher, load_tip_adapter_file,
+    ADAPTER_SEED_OFFSET,
+    FewShotTeacher,
+    adapter_view_indices,
+    fit_fewshot_teacher,
+    load_tip_adapter_file,
 )
 from dho.teachers.tip_adapter import (
-    A_STEPS, DEFAULT_B_GRID, SCALAR_FIELDS, TENSOR_FIELDS, TipAdapter, build_cache, default_a_grid,
-    fine_tune_keys, fit_tip_adapter, search_ab, tip_grids, tip_init,
+    A_STEPS,
+    DEFAULT_B_GRID,
+    SCALAR_FIELDS,
+    TENSOR_FIELDS,
+    TipAdapter,
+    build_cache,
+    default_a_grid,
+    fine_tune_keys,
+    fit_tip_adapter,
+    search_ab,
+    tip_grids,
+    tip_init,
 )
 
 
@@ -110,7 +125,7 @@ def test_build_cache_key_means_match_their_reference_rules():
 def test_default_grids():
     assert len(A_STEPS) == 25 and A_STEPS[0] == 0.0
     assert A_STEPS[1] == pytest.approx(0.01) and A_STEPS[-1] == pytest.approx(10.0)
-    assert all(x < y for x, y in zip(A_STEPS, A_STEPS[1:]))
+    assert all(x < y for x, y in itertools.pairwise(A_STEPS))
     assert len(DEFAULT_B_GRID) == 20
     assert DEFAULT_B_GRID[0] == 0.5 and DEFAULT_B_GRID[-1] == pytest.approx(12.0)
     # the a grid follows the logits' scale: CLIP-like (x100) and log-prob-like logits alike
@@ -237,7 +252,7 @@ def test_fresh_views_train_epoch_e_on_view_e_and_fixed_on_all():
     train_feats, train_zs, labels, _, _, _ = make_problem(seed=10, views=4)
     keys, values = build_cache(train_feats, labels, num_classes=5)
     n = len(labels)
-    kw = dict(a=1.0, b=5.0, lr=0.05, batch_size=256, seed=0)  # one batch per epoch: the order does not matter
+    kw = {"a": 1.0, "b": 5.0, "lr": 0.05, "batch_size": 256, "seed": 0}  # one batch per epoch: the order does not matter
     fresh = fine_tune_keys(train_feats, train_zs, labels, keys, values, epochs=3, train_views="fresh", **kw)
     want = reference_fine_tune(lambda e: (train_feats[e], train_zs[e], labels), keys, values, 1.0, 5.0, 3, 0.05)
     assert torch.allclose(fresh, want, atol=1e-5)
@@ -282,7 +297,7 @@ def test_search_over_the_tip_grid_keeps_their_first_maximum():
     train_feats, _, labels, val_feats, val_zs, val_labels = make_problem(seed=11, val=30)  # few rows: many ties
     keys, values = build_cache(train_feats, labels, num_classes=5)
     a_grid, b_grid = tip_grids("imagenet")
-    a, b, acc = search_ab(val_feats, val_zs, val_labels, keys, values, a_grid=a_grid, b_grid=b_grid)
+    a, b, _ = search_ab(val_feats, val_zs, val_labels, keys, values, a_grid=a_grid, b_grid=b_grid)
     assert (a, b) == their_search(val_feats, val_zs, val_labels, keys, values, a_grid, b_grid)
     # everything ties when the cache casts no votes: the first (b, a) of the grid
     no_votes = torch.zeros_like(values)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dho.checkpoint import load_student
-from dho.train import train
+from dho.loop import train
 
 
 def test_dho_run_writes_a_self_describing_directory(tiny_cfg):
@@ -73,7 +73,7 @@ def test_planned_views_cover_every_view_a_run_draws(tiny_cfg):
     from dho.data.splits import splits_for
     from dho.teachers import build_teacher
     from dho.teachers.cache import TeacherCache
-    from dho.plan import planned_views
+    from dho.training.plan import planned_views
 
     cfg = tiny_cfg.override({"data.num_views": 3, "optim.epochs": 5})
     manifest = splits_for(cfg.data)
@@ -91,7 +91,7 @@ def test_planned_views_cover_every_view_a_run_draws(tiny_cfg):
 @pytest.mark.parametrize("method", ["kd_feature", "ce_kd_feature", "sskd", "dhkd", "pcgrad"])
 def test_baseline_methods_train_and_predict_as_specified(tiny_cfg, method):
     from dho.checkpoint import load_student
-    from dho.losses import METHOD_SPECS
+    from dho.methods import METHOD_SPECS
 
     spec = METHOD_SPECS[method]
     result = train(tiny_cfg.override({"loss.method": method, "optim.epochs": 2}))

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import write_png
 
+from conftest import write_png
 from dho.data.variants import (
     imagenet_wnids,
     mask_logits,
@@ -68,9 +68,9 @@ def test_eval_of_a_1000_class_student_on_imagenet_a(tmp_path, capsys):
     import json
 
     from dho.checkpoint import save_checkpoint
-    from dho.cli import main
+    from dho.cli.app import main
     from dho.config import StudentConfig
-    from dho.evaluate import checkpoint_logits
+    from dho.ship.scoring import checkpoint_logits
     from dho.students import build_student
 
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_eval_on_wordnet_id_folders_without_a_variant(tmp_path):
     the ids recorded at training (split info) or, for 1000 classes, the standard order map them."""
     from dho.checkpoint import save_checkpoint
     from dho.config import StudentConfig
-    from dho.evaluate import checkpoint_logits
+    from dho.ship.scoring import checkpoint_logits
     from dho.students import build_student
 
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ or replaced without their metadata is refused on load rather than read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import DamagedCheckpoint, file_digest, write_file_atomic
+from .files import DamagedCheckpoint, file_digest, write_file_atomic
 from .students import DualHeadStudent, student_from_spec
 
 __all__ = ["FORMAT_VERSION", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
@@ -28,10 +29,8 @@ def versions() -> dict[str, str]:
 
     out = {}
     for name in ("dho", "torch", "torchvision", "timm", "open_clip_torch", "safetensors"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -95,7 +94,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> DualHe
     student = student_from_spec(meta["architecture"], classes)
     try:
         state = load_file(str(weights))
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+    except Exception as err:
         raise DamagedCheckpoint(f"{weights} cannot be read ({type(err).__name__}: {err})") from None
     student.load_state_dict(state, strict=True)
     student.alpha, student.beta = float(meta["alpha"]), float(meta["beta"])

@@ -4,8 +4,10 @@ type, dotted ``key=value`` overrides, and the one-line :class:`ConfigError` for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -13,7 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-__all__ = ["ConfigError", "build", "check_choice", "check_positive", "check_range", "set_dotted", "split_override",
+__all__ = ["ConfigError", "build", "check_choice", "check_literals", "check_positive", "check_range", "set_dotted", "split_override",
            "to_plain"]
 
 
@@ -25,6 +27,27 @@ def check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         hint = _did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{hint}")
+
+
+def check_literals(obj: Any, prefix: str) -> None:
+    """Every field of the dataclass ``obj`` annotated ``Literal[...]`` (or an optional one) holds one
+    of its values: the annotation is the one place a config's choices are written."""
+    cls: Any = type(obj)
+    for name, choices in _literal_fields(cls).items():
+        check_choice(f"{prefix}{name}", getattr(obj, name), choices)
+
+
+@functools.cache
+def _literal_fields(cls: Any) -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        parts = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        literals = [a for a in parts if typing.get_origin(a) is Literal]
+        if literals:
+            out[f.name] = tuple(v for a in literals for v in typing.get_args(a)) + ((None,) if type(None) in parts else ())
+    return out
 
 
 def check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
@@ -108,7 +131,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if text.strip() in ("null", "~") and type(None) in typing.get_args(tp):
             return None
         return text
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value if value is not None else {}, prefix=f"{key}.")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -142,10 +165,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         number = None
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # YAML 1.1 reads '3e-4' as a string
-            try:
+            with contextlib.suppress(ValueError, OverflowError):
                 number = float(value)
-            except (ValueError, OverflowError):
-                pass
         if number is None:
             raise ConfigError(f"{key}={value!r} must be a number")
         if not math.isfinite(number):

@@ -1,21 +1,23 @@
-"""Metrics: accuracy of each head, of the mix, of the teacher; head agreement."""
+"""Metrics: accuracy of each head, of the mix, of the teacher; head agreement; a run's alpha/beta
+chosen on its validation logits (:func:`tune_mixing`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .chunking import cpu_chunk_rows
-from .mixing import mix_probs
+from .config import RunConfig
+from .device import cpu_chunk_rows
+from .methods import METHOD_SPECS
+from .mixing import Mix, default_alpha, mix_probs, search_mixing
 from .students import DualHeadStudent
 from .teachers import Teacher
 
-__all__ = ["SplitLogits", "collect_logits", "head_agreement", "own_size_logits", "score"]
+__all__ = ["SplitLogits", "collect_logits", "head_agreement", "own_size_logits", "score", "tune_mixing"]
 
 
 @dataclass
@@ -50,7 +52,7 @@ def collect_logits(views: Dataset, student: DualHeadStudent | None = None, teach
             tl.append(teacher(images).logits.float().cpu())
     if student is not None:
         student.train(was_training)
-    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    cat = lambda xs: torch.cat(xs) if xs else None
     return SplitLogits(torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), cat(ce), cat(kd), cat(tl))
 
 
@@ -85,6 +87,7 @@ def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = 
     ``teacher``; plus head agreement counts when both heads are present."""
     out: dict = {"n": len(logits.labels)}
     if logits.ce is not None:
+        assert logits.kd is not None  # a student's pass gives both heads' logits
         out["ce_head"] = _accuracy(logits.ce, logits.labels)
         out["kd_head"] = _accuracy(logits.kd, logits.labels)
         if alpha is not None and beta is not None:
@@ -95,94 +98,16 @@ def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = 
     return out
 
 
-def _wnids(meta: dict) -> list[str] | None:
-    """The WordNet id of each class of an ImageNet student (its folder name on disk): recorded at
-    training, else the standard ImageNet-1k order for a 1000-class student; None otherwise."""
-    from .data.variants import imagenet_wnids
-
-    recorded = (meta.get("split") or {}).get("wnids")
-    if recorded and len(recorded) == len(meta["classes"]):
-        return list(recorded)
-    return imagenet_wnids() if len(meta["classes"]) == 1000 else None
-
-
-def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None,
-                     variant: str | None = None):
-    """The manifest and items to evaluate: a folder given by the user (an ImageNet ``variant``
-    such as imagenet-r when named), or a split of the run."""
-    from .data.splits import SplitManifest, folder_manifest
-
-    if variant is not None:
-        from .data.variants import variant_manifest
-
-        if data is None:
-            raise ValueError(f"name the {variant} folder with --data DIR")
-        manifest = variant_manifest(variant, data, meta["classes"], _wnids(meta))
-        return manifest, manifest.test
-    if data is not None:
-        from .data.folders import list_classes
-
-        root = Path(data)
-        root = root / split if (root / split).is_dir() else root
-        wnids, folders = _wnids(meta), set(list_classes(root))
-        by_wnid = wnids is not None and not folders <= set(meta["classes"])
-        splits = sorted(folders & {"train", "val", "test", "images"})
-        if splits and not folders <= set(meta["classes"]) | set(wnids or ()):
-            raise ValueError(f"{root} holds {', '.join(f'{s}/' for s in splits)} rather than class folders: "
-                             f"name one of them, e.g. --data {root / splits[-1]}")
-        manifest = folder_manifest(root, meta["classes"], wnids if by_wnid else None)
-        return manifest, manifest.test
-    ckpt = Path(checkpoint)
-    run_dir = (ckpt if ckpt.is_dir() else ckpt.parent).parent
-    if not (run_dir / "splits.json").is_file():
-        raise FileNotFoundError(f"no splits.json beside the checkpoint in {run_dir}; pass --data DIR")
-    manifest = SplitManifest.load(run_dir / "splits.json")
-    if manifest.classes != meta["classes"]:
-        raise ValueError(f"class list of {run_dir / 'splits.json'} differs from the checkpoint's")
-    items = manifest.split(split)
-    if not items:
-        raise ValueError(f"split {split!r} of this run is empty")
-    return manifest, items
-
-
-def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | Path | None = None, *,
-                      with_teacher: bool = False, device: str = "cpu", batch_size: int = 256,
-                      progress: bool = False, variant: str | None = None) -> tuple[SplitLogits, dict, DualHeadStudent]:
-    """Logits of a saved student (and optionally its teacher) on a split of its run or a folder.
-    On a class-subset test set (ImageNet-R / -A) the other classes' logits are -inf."""
-    from .checkpoint import load_metadata, load_student
-    from .config import RunConfig
-    from .data import ImageStore
-    from .data.variants import mask_logits
-    from .teachers import build_teacher
-
-    meta = load_metadata(checkpoint)
-    student = load_student(checkpoint, device=device)
-    manifest, items = checkpoint_split(checkpoint, meta, split, data, variant)
-    teacher = None
-    if with_teacher:
-        run_cfg = RunConfig.from_dict(meta["config"])
-        teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
-        if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
-            raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
-    logits = own_size_logits(ImageStore(manifest, items, in_memory=False), student, teacher, batch_size=batch_size,
-                             device=device, progress=progress, desc=split)
-    subset = manifest.info.get("class_subset")
-    logits = SplitLogits(logits.labels, *(mask_logits(t, subset) for t in (logits.ce, logits.kd, logits.teacher)))
-    return logits, meta, student
-
-
-def zeroshot_accuracy(cfg, split: str = "test", *, progress: bool = False) -> dict:
-    """The teacher's zero-shot accuracy on one split of ``cfg.data`` (a RunConfig)."""
-    from .data import EvalViews, ImageStore
-    from .data.splits import splits_for
-    from .teachers import build_teacher
-    from .train import resolve_device
-
-    d = cfg.data
-    manifest = splits_for(d)
-    device = resolve_device(cfg.device)
-    teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset).to(device)
-    views = EvalViews(ImageStore(manifest, manifest.split(split), in_memory=False), teacher.image_size)
-    logits = collect_logits(views, None, teacher, batch_size=cfg.eval.batch_size, device=device, progress=progress, desc=split)
-    return {"teacher_id": teacher.id, "split": split, "templates": list(teacher.templates), **score(logits)}
+def tune_mixing(cfg: RunConfig, student: DualHeadStudent, val_logits: SplitLogits | None) -> Mix:
+    """A run's alpha/beta: from the validation grid, or the documented defaults without
+    validation data; (1, 1), i.e. h_CE alone, for single-head students and the methods that
+    predict with h_CE."""
+    if not student.dual_head:
+        return Mix(1.0, 1.0, "single head")
+    if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
+        return Mix(1.0, 1.0, f"{cfg.loss.method} predicts with h_CE")
+    if val_logits is None or len(val_logits.labels) == 0:
+        return Mix(default_alpha(cfg), cfg.eval.beta, "default (no validation data)")
+    assert val_logits.ce is not None and val_logits.kd is not None  # the student's validation logits
+    best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
+    return Mix(best.alpha, best.beta, "validation grid", best.accuracy)

@@ -47,7 +47,7 @@ def _mean_defined(values: list[float]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
-def _per_sample_cosines(params: list[Tensor], z: Tensor, ce: Tensor, kd: Tensor, num_labeled: int,
+def _per_sample_cosines(params: Sequence[Tensor], z: Tensor, ce: Tensor, kd: Tensor, num_labeled: int,
                         max_samples: int | None) -> dict[str, float | None]:
     """Mean over labeled images i of cos(grad of CE_i, grad of KD_i), w.r.t. z_i and w.r.t. ``params``.
 

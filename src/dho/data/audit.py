@@ -17,8 +17,10 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict, deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from . import decode
 from .folders import list_classes
@@ -41,11 +43,21 @@ class _Worker:
         self.job: int | None = None
         self.deadline = 0.0
 
+    @property
+    def stdin(self) -> IO[str]:
+        assert self.proc.stdin is not None  # opened with stdin=PIPE
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[str]:
+        assert self.proc.stdout is not None  # opened with stdout=PIPE
+        return self.proc.stdout
+
     def send(self, job: int, path: str, timeout: float) -> bool:
         self.job, self.deadline = job, time.monotonic() + timeout
         try:
-            self.proc.stdin.write(json.dumps(path) + "\n")
-            self.proc.stdin.flush()
+            self.stdin.write(json.dumps(path) + "\n")
+            self.stdin.flush()
             return True
         except (BrokenPipeError, OSError):
             return False
@@ -54,11 +66,9 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
+        for pipe in (self.stdin, self.stdout):
+            with suppress(OSError):
                 pipe.close()
-            except OSError:
-                pass
 
 
 def inspect_files(paths: list[str], timeout: float = 30.0, workers: int = 1) -> list[dict]:
@@ -71,15 +81,16 @@ def inspect_files(paths: list[str], timeout: float = 30.0, workers: int = 1) -> 
     pool = [_Worker() for _ in range(max(1, min(workers, len(paths))))]
     sel = selectors.DefaultSelector()
     for w in pool:
-        sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        sel.register(w.stdout, selectors.EVENT_READ, w)
 
     def fail(w: _Worker, kind: str, error: str) -> None:  # record the file, replace the worker
+        assert w.job is not None  # called for a busy worker only
         results[w.job] = {"path": paths[w.job], "ok": False, "kind": kind, "error": error}
-        sel.unregister(w.proc.stdout)
+        sel.unregister(w.stdout)
         w.close()
         fresh = _Worker()
         pool[pool.index(w)] = fresh
-        sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
+        sel.register(fresh.stdout, selectors.EVENT_READ, fresh)
 
     try:
         while todo or any(w.job is not None for w in pool):
@@ -183,7 +194,7 @@ def audit_folder(root: str | Path, timeout: float = 30.0, workers: int | None = 
     by_hash: dict[str, list[str]] = defaultdict(list)
     for split, c, p in entries:
         rel = p.relative_to(root).as_posix()
-        record = next(inspected) if p.is_file() else {
+        record: dict[str, Any] = next(inspected) if p.is_file() else {
             "ok": False, "kind": "not_a_file", "error": "not a regular file (a dangling link, a pipe or a device)"}
         record = {**record, "path": rel, "split": split, "class": c}
         files.append(record)

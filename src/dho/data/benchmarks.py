@@ -96,6 +96,7 @@ def read_coop(root: Path, dataset: str, split_file: str | None = None) -> Pools:
         path = Path(split_file).expanduser()
         base = path.parent
     else:
+        assert bench.split_file is not None  # read_pools sends only datasets with a CoOp split file here
         base = _dataset_dir(root, bench, bench.split_file)
         path = base / bench.split_file
     if not path.is_file():
@@ -114,8 +115,8 @@ def read_coop(root: Path, dataset: str, split_file: str | None = None) -> Pools:
         raise ValueError(f"{path}: labels are not 0..{len(names) - 1}")
     classes = [names[i] for i in range(len(names))]
     image_root = base / bench.images if bench.images else base
-    pools = Pools(image_root, classes, *([(p, y) for p, y, _ in splits[k]] for k in ("train", "val", "test")),
-                  info={"source": str(path), "format": "coop", "dataset": dataset})
+    train, val, test = ([(p, y) for p, y, _ in splits[k]] for k in ("train", "val", "test"))
+    pools = Pools(image_root, classes, train, val, test, info={"source": str(path), "format": "coop", "dataset": dataset})
     _check_present(pools)
     return pools
 
@@ -153,11 +154,13 @@ def imagenet_classnames(path: Path | None) -> dict[str, str]:
     if path is not None and path.is_file():
         pairs = [line.strip().partition(" ") for line in path.read_text().splitlines() if line.strip()]
         return {wnid: name.strip() for wnid, _, name in pairs}
-    from importlib.resources import files
+    from timm.data import ImageNetInfo
 
-    text = files("timm.data").joinpath("_info/imagenet_synset_to_lemma.txt").read_text()
-    pairs = [line.partition("\t") for line in text.splitlines() if line.strip()]
-    return {wnid: lemma.split(",")[0].strip() for wnid, _, lemma in pairs}
+    names: dict[str, str] = {}
+    for subset in ("imagenet-21k", "imagenet-1k"):  # 21k lacks one 1k synset (n04399382, teddy bear)
+        info = ImageNetInfo(subset)
+        names.update((w, lemmas.split(",")[0].strip()) for w, lemmas in zip(info.label_names(), info.label_descriptions()))
+    return names
 
 
 def _unique_names(wnids: list[str], names: dict[str, str]) -> list[str]:

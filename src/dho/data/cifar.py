@@ -13,7 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from ..storage import cache_dir as default_cache_dir
+from ..files import cache_dir as default_cache_dir
 
 __all__ = ["CIFAR10_CLASSES", "find_cifar10_archive", "prepare_cifar10"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .decode import BadImage
 from .images import apply_crop, crop_params, decode_image, eval_view
-from .splits import Item, SplitManifest
+from .manifest import Item, SplitManifest
 
 __all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews"]
 
@@ -21,7 +22,8 @@ __all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews"]
 class ImageStore:
     """The images of one split as uint8 [3, H, W] tensors, decoded once (``in_memory``) or on demand."""
 
-    def __init__(self, manifest: SplitManifest, items: list[Item], in_memory: bool = True, progress: bool = False, desc: str = "decode") -> None:
+    def __init__(self, manifest: SplitManifest, items: list[Item], in_memory: bool = True, progress: bool = False,
+                 desc: str = "decode") -> None:
         self.manifest = manifest
         self.items = list(items)
         self.labels = torch.tensor([y for _, y in self.items], dtype=torch.long)
@@ -64,7 +66,8 @@ class TrainViews(Dataset):
     """
 
     def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int, num_views: int | None = None) -> None:
-        self.store, self.size, self.scale, self.seed, self.num_views = store, size, tuple(scale), seed, num_views
+        self.store, self.size, self.seed, self.num_views = store, size, seed, num_views
+        self.scale = cast("tuple[float, float]", tuple(scale))
 
     def __len__(self) -> int:
         return len(self.store)

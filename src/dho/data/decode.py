@@ -107,7 +107,7 @@ def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[st
         raise BadImage("undecodable", f"{where}not an image format Pillow can read") from None
     except Image.DecompressionBombError as err:
         raise BadImage("too_large", f"{where}{err}") from None
-    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, EOFError, struct.error, zlib.error, ...
+    except Exception as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         kind = "truncated" if "truncat" in text.lower() or isinstance(err, EOFError) else "undecodable"
         raise BadImage(kind, f"{where}{kind} ({text})") from None

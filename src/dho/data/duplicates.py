@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .decode import content_digest
-from .splits import SPLITS, SplitManifest
+from .manifest import SPLITS, SplitManifest
 
 __all__ = ["check_overlaps", "overlap_lines", "split_overlaps"]
 
@@ -19,12 +21,13 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 8192  # files of one size are told apart by their first bytes before any is read whole
 
 Member = tuple[str, str, Path]  # (split, relative path, path)
+K = TypeVar("K")
 
 
-def _groups(members: list[Member], key) -> list[tuple[object, list[Member]]]:
+def _groups(members: list[Member], key: Callable[[Path], K]) -> list[tuple[K, list[Member]]]:
     """``members`` grouped by ``key(path)`` (files it cannot read are left out), keeping only the
     groups that hold files of more than one split: only those can hold a cross-split duplicate."""
-    groups: dict = defaultdict(list)
+    groups: dict[K, list[Member]] = defaultdict(list)
     for member in members:
         try:
             groups[key(member[2])].append(member)

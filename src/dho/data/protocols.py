@@ -14,7 +14,7 @@ import numpy as np
 
 from .benchmarks import Pools, read_pools
 from .coop_files import read_coop_fewshot
-from .splits import SplitManifest
+from .manifest import SplitManifest
 
 __all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "coop_fewshot", "protocol_manifest", "read_subset_file"]
 
@@ -73,12 +73,12 @@ def read_subset_file(path: str | Path) -> set[str]:
     return names
 
 
-def _labeled_from_file(groups: list[list[Item]], path: str, classes: list[str]) -> list[int | None]:
+def _labeled_from_file(groups: list[list[Item]], path: str, classes: list[str]) -> list[int]:
     """Per class, how many of its (already ordered) images the subset file lists; reorders each
     group so the listed images come first. Every listed name must exist in the pool."""
     wanted = read_subset_file(path)
-    found = set()
-    counts: list[int | None] = []
+    found: set[str] = set()
+    counts: list[int] = []
     for g in groups:
         listed = [it for it in g if Path(it[0]).name in wanted]
         found.update(Path(it[0]).name for it in listed)
@@ -150,7 +150,7 @@ def protocol_manifest(pools: Pools, data) -> SplitManifest:
         groups = _by_class(unlabeled, n)
         unlabeled = [it for c, g in enumerate(groups) for it in _draw(g, round(len(g) * keep), seed, f"unlabeled|{c}")[0]]
         info["max_unlabeled"] = data.max_unlabeled
-    by_class = lambda it: (it[1], it[0])  # noqa: E731
+    by_class = lambda it: (it[1], it[0])
     manifest = SplitManifest(str(pools.image_root.resolve()), list(pools.classes), sorted(labeled, key=by_class),
                              sorted(unlabeled, key=by_class), val, list(pools.test), info)
     log.info("%s: %s", info["protocol"], manifest.summary())

@@ -2,79 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
-from ..atomic import write_file_atomic
 from .folders import list_classes, scan_folder
+from .manifest import SPLITS, Item, SplitManifest
 
-__all__ = ["SplitManifest", "folder_manifest", "make_splits", "splits_for"]
+__all__ = ["SPLITS", "SplitManifest", "folder_manifest", "make_splits", "splits_for"]
 
 log = logging.getLogger(__name__)
-
-Item = tuple[str, int]  # (path relative to the dataset root, class index)
-SPLITS = ("labeled", "unlabeled", "val", "test")
-
-
-@dataclass
-class SplitManifest:
-    """Which image goes where. Paths are relative to ``root``; never pickled."""
-
-    root: str
-    classes: list[str]
-    labeled: list[Item]
-    unlabeled: list[Item]
-    val: list[Item]
-    test: list[Item]
-    info: dict = field(default_factory=dict)
-
-    def path(self, rel: str) -> Path:
-        return Path(self.root).expanduser() / rel
-
-    def split(self, name: str) -> list[Item]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; choose labeled, unlabeled, val or test")
-        return getattr(self, name)
-
-    def save(self, path: str | Path) -> None:
-        """Write the manifest as JSON, atomically (a reader never sees half a file)."""
-        text = json.dumps(asdict(self), indent=1)
-        write_file_atomic(path, lambda p: p.write_text(text))
-
-    @classmethod
-    def load(cls, path: str | Path) -> SplitManifest:
-        """Read a manifest and check it: unique class names, every label a valid class index."""
-        try:
-            data = json.loads(Path(path).read_text())
-            for key in SPLITS:
-                data[key] = [(str(p), int(y)) for p, y in data[key]]
-            manifest = cls(**data)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path} is not a valid split manifest ({type(err).__name__}: {err})") from None
-        if len(set(manifest.classes)) != len(manifest.classes):
-            raise ValueError(f"{path}: the class list repeats a name")
-        for key in SPLITS:
-            if any(not 0 <= y < len(manifest.classes) for _, y in manifest.split(key)):
-                raise ValueError(f"{path}: a {key} label is not an index into its {len(manifest.classes)} classes")
-        return manifest
-
-    def differences(self, other: SplitManifest) -> list[str]:
-        """What differs from ``other`` in classes and split membership (the root may move)."""
-        out = [] if self.classes == other.classes else ["the class list or its order"]
-        for key in SPLITS:
-            a, b = set(self.split(key)), set(other.split(key))
-            if a != b:
-                out.append(f"{key}: {len(a - b)} images added, {len(b - a)} gone")
-        return out
-
-    def summary(self) -> str:
-        return (f"{len(self.classes)} classes: {len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, "
-                f"{len(self.val)} val ({self.info.get('val_source')}), {len(self.test)} test ({self.info.get('test_source')})")
-
 
 def _shuffled(items: list[Path], seed: int, tag: str) -> list[Path]:
     out = list(items)
@@ -98,7 +37,8 @@ def _small_classes(pool: dict[str, list[Path]], shots: int | None, fraction: flo
     what to do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have."""
     small = []
     for name, paths in pool.items():
-        k = shots if shots is not None else max(1, round(len(paths) * float(fraction)))
+        # shots None: fraction is the labeled share (DataConfig requires one of them)
+        k = shots if shots is not None else max(1, round(len(paths) * float(cast(float, fraction))))
         if len(paths) < k:
             small.append((name, len(paths), k))
     if not small:
@@ -167,15 +107,8 @@ def make_splits(
         classes = [c for c in classes if c not in dropped]
         pool, val, test = ({c: files[c] for c in classes} for files in (pool, val, test))
         info["dropped_classes"] = dropped
-    labeled, unlabeled = {}, {}
-    for name, paths in pool.items():
-        k = min(len(paths), shots if shots is not None else max(1, round(len(paths) * float(fraction))))
-        order = _shuffled(paths, seed, f"shots|{name}")
-        labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
+    labeled, unlabeled = _draw_labeled(pool, shots, fraction, max_unlabeled, seed)
     if max_unlabeled is not None:
-        total = sum(len(v) for v in unlabeled.values())
-        keep = min(1.0, max_unlabeled / max(1, total))
-        unlabeled = {c: sorted(_shuffled(v, seed, f"unlabeled|{c}")[:round(len(v) * keep)]) for c, v in unlabeled.items()}
         info["max_unlabeled"] = max_unlabeled
 
     def items(files: dict[str, list[Path]]) -> list[Item]:
@@ -184,6 +117,22 @@ def make_splits(
     manifest = SplitManifest(str(root.resolve()), classes, items(labeled), items(unlabeled), items(val), items(test), info)
     log.info("split %s: %s", root, manifest.summary())
     return manifest
+
+
+def _draw_labeled(pool: dict[str, list[Path]], shots: int | None, fraction: float | None, max_unlabeled: int | None,
+                  seed: int) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Labeled = ``shots`` (or ``fraction``) of each class's pool, drawn by seed; unlabeled = the rest,
+    or a class-balanced ``max_unlabeled`` of it."""
+    labeled, unlabeled = {}, {}
+    for name, paths in pool.items():
+        k = min(len(paths), shots if shots is not None else max(1, round(len(paths) * float(cast(float, fraction)))))
+        order = _shuffled(paths, seed, f"shots|{name}")
+        labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
+    if max_unlabeled is not None:
+        total = sum(len(v) for v in unlabeled.values())
+        keep = min(1.0, max_unlabeled / max(1, total))
+        unlabeled = {c: sorted(_shuffled(v, seed, f"unlabeled|{c}")[:round(len(v) * keep)]) for c, v in unlabeled.items()}
+    return labeled, unlabeled
 
 
 def folder_manifest(root: str | Path, classes: list[str], folders: list[str] | None = None) -> SplitManifest:

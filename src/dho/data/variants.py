@@ -12,10 +12,11 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from .images import IMAGE_EXTENSIONS
-from .splits import SplitManifest
+from .manifest import SplitManifest
 
 __all__ = ["VARIANTS", "imagenet_wnids", "mask_logits", "subset_wnids", "variant_manifest"]
 
@@ -36,7 +37,9 @@ def subset_wnids(name: str) -> list[str]:
 
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k WordNet ids in class-index order (sorted), as shipped with timm."""
-    return _read_list(files("timm.data").joinpath("_info/imagenet_synsets.txt").read_text())
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo("imagenet-1k").label_names())
 
 
 def _image_dir(root: Path) -> Path:
@@ -91,6 +94,6 @@ def mask_logits(logits: Tensor | None, subset: list[int] | None) -> Tensor | Non
     """Logits [N, C] with every class outside ``subset`` set to -inf (softmax gives it 0)."""
     if logits is None or subset is None:
         return logits
-    keep = logits.new_zeros(logits.shape[-1], dtype=bool)
+    keep = logits.new_zeros(logits.shape[-1], dtype=torch.bool)
     keep[list(subset)] = True
     return logits.masked_fill(~keep, float("-inf"))

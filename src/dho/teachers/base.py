@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..chunking import cpu_chunk_rows
-from ..precision import autocast
+from ..device import autocast, cpu_chunk_rows
 from ..preprocess import Preprocess
 
 __all__ = ["CLASS_AVERAGES", "Teacher", "TeacherOutput", "fold_batchnorm", "prompt_name"]
@@ -29,17 +30,16 @@ def fold_batchnorm(module: nn.Module) -> int:
     """Fold every eval-mode BatchNorm2d into the Conv2d registered just before it, in place.
 
     For frozen convolutional teachers (registration order = execution order, as in timm's
-    EfficientNet blocks): W' = W * g / sqrt(v + eps), b' = beta + (b - m) * g / sqrt(v + eps).
-    A timm BatchNormAct2d keeps its activation. Returns the number of folded pairs.
+    EfficientNet blocks), by torch's ``fuse_conv_bn_eval``: W' = W * g / sqrt(v + eps),
+    b' = beta + (b - m) * g / sqrt(v + eps). A timm BatchNormAct2d keeps its activation. Returns the
+    number of folded pairs.
     """
     folded = 0
     children = list(module.named_children())
-    for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats:
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+    for (conv_name, conv), (bn_name, bn) in pairwise(children):
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training and not conv.training
+                and bn.track_running_stats):
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
             setattr(module, bn_name, nn.Sequential(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity())))
             folded += 1
     return folded + sum(fold_batchnorm(child) for _, child in module.named_children())
@@ -60,7 +60,7 @@ class Teacher(nn.Module):
     """
 
     id: str = "teacher"
-    cpu_chunks: bool = True  # on the CPU, run rows in cache-sized chunks (see dho.chunking)
+    cpu_chunks: bool = True  # on the CPU, run rows in cache-sized chunks (see dho.device)
     # Autocast dtype of every image forward (None: fp32). Set once by the run that uses the teacher,
     # so online outputs, cache misses, few-shot fitting and stores are computed the same way.
     autocast_dtype: torch.dtype | None = None
@@ -128,7 +128,7 @@ class Teacher(nn.Module):
     def forward(self, images: Tensor) -> TeacherOutput:
         """uint8/[0,1] images [B, 3, H, W] -> normalised features [B, D] and logits [B, C].
 
-        On the CPU the rows go through in chunks (:func:`dho.chunking.cpu_chunk_rows`), about 1.8x
+        On the CPU the rows go through in chunks (:func:`dho.device.cpu_chunk_rows`), about 1.8x
         faster for a 160 px EfficientNet than one batch of 128; rows agree with a whole-batch
         forward up to float rounding.
         """
@@ -151,7 +151,7 @@ class Teacher(nn.Module):
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - a teacher never trains
+    def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     def describe(self) -> dict:

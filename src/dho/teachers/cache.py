@@ -65,6 +65,7 @@ class TeacherCache:
             rows = [self._rows[key] for key in keys]
             feats, logits = torch.stack([f for f, _ in rows]), torch.stack([t for _, t in rows])
         else:
+            assert self.store is not None  # every key is in the cache now: those not in memory are in the store
             from_store = self.store.rows([keys[i] for i in stored])
             feats = torch.empty(len(keys), from_store.features.shape[1])
             logits = torch.empty(len(keys), from_store.logits.shape[1])

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ..config import RunConfig, TeacherConfig
 from ..data import EvalViews, ImageStore, SplitManifest, TrainViews
-from ..precision import autocast
-from ..torchfiles import load_torch_file
+from ..device import autocast
+from ..files import load_torch_file
 from .base import Teacher, TeacherOutput
 from .cache import TeacherCache
 from .tip_adapter import TipAdapter, fit_tip_adapter
@@ -169,7 +169,8 @@ def fit_fewshot_teacher(cfg: RunConfig, base: Teacher, manifest: SplitManifest, 
         key_feats = _raw_features(base, _shot_views(views, range(v), n)).view(v, n, -1)
     else:
         key_feats = _batched(base, cache, _shot_views(views, range(v), n)).features.view(v, n, -1) if fresh else feats
-    adapter = fit_tip_adapter(feats, logits, labeled.labels, *(_validation(base, cache, manifest) or (None, None, None)),
+    val_feats, val_logits, val_labels = _validation(base, cache, manifest) or (None, None, None)
+    adapter = fit_tip_adapter(feats, logits, labeled.labels, val_feats, val_logits, val_labels,
                               num_classes=n_classes, fine_tune=t.adapter == "tip-f", epochs=t.adapter_epochs,
                               seed=cfg.seed, key_features=key_feats, key_mean=t.adapter_keys,
                               train_views=t.adapter_train_views, grid=t.adapter_grid, dataset=cfg.data.dataset)

@@ -20,12 +20,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..storage import cache_dir as default_cache_dir
+from ..files import cache_dir as default_cache_dir
 from ..pretrained import create_efficientnet_lite0, efficientnet_lite0_preprocess
 from .base import Teacher, TeacherOutput, fold_batchnorm, prompt_name
 
@@ -100,6 +101,12 @@ class ImageNetBridgeTeacher(Teacher):
     upsampled to 128-224 px) and is therefore only approximately equal to ``forward``.
     """
 
+    # buffers, registered in __init__
+    imagenet_text: Tensor
+    bridge: Tensor
+    prompt_embeddings: Tensor
+    feature_norm: Tensor
+
     def __init__(
         self,
         image_size: int = 224,
@@ -145,7 +152,7 @@ class ImageNetBridgeTeacher(Teacher):
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         """Texts -> sentence embeddings [T, 384] (float32, on the teacher's device)."""
-        device = self.classifier.get_classifier().weight.device
+        device = cast(Tensor, self.classifier.get_classifier().weight).device
         emb = self.text_model.encode(texts, batch_size=128, convert_to_tensor=True, show_progress_bar=False)
         return emb.float().to(device)
 
@@ -183,7 +190,7 @@ class ImageNetBridgeTeacher(Teacher):
         sim = F.normalize(self.imagenet_text, dim=-1) @ prompts.t()  # [1000, C]
         bridge = torch.softmax(sim / self.tau, dim=1)
         bridge = bridge / bridge.sum(dim=0, keepdim=True)
-        weight = self.classifier.get_classifier().weight.float()  # [1000, D]
+        weight = cast(Tensor, self.classifier.get_classifier().weight).float()  # [1000, D]
         self.classnames = list(classnames)
         self.templates = tuple(templates)
         self.prompt_embeddings = prompts

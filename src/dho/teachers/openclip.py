@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor
@@ -15,6 +16,14 @@ from .base import Teacher
 __all__ = ["OpenClipTeacher", "clip_vision_size", "create_clip_model", "wants_quick_gelu"]
 
 log = logging.getLogger(__name__)
+
+
+class _ClipEncoders(Protocol):
+    """The two encoders of an open_clip model (not typed by open_clip itself)."""
+
+    def encode_image(self, image: Tensor) -> Tensor: ...
+
+    def encode_text(self, text: Tensor) -> Tensor: ...
 
 
 class OpenClipTeacher(Teacher):
@@ -56,11 +65,11 @@ class OpenClipTeacher(Teacher):
         self.freeze()
 
     def encode_image(self, pixels: Tensor) -> Tensor:
-        return self.model.encode_image(pixels)
+        return cast(_ClipEncoders, self.model).encode_image(pixels)
 
     def encode_text(self, texts: list[str]) -> Tensor:
         device = next(self.model.parameters()).device
-        return self.model.encode_text(self.tokenizer(texts).to(device))
+        return cast(_ClipEncoders, self.model).encode_text(self.tokenizer(texts).to(device))
 
 
 def clip_vision_size(model_name: str) -> tuple[int | None, bool]:

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from ..atomic import write_file_atomic
+from ..files import write_file_atomic
 from .base import TeacherOutput
 
 __all__ = ["MISSING_LOGIT", "TeacherStore"]
@@ -108,7 +111,7 @@ class TeacherStore:
             arrays["logits"] = logits.numpy().astype(dtype)
         name = f"{len(self.meta['shards']):05d}"
         for kind, array in arrays.items():
-            write_file_atomic(self.path / f"{kind}-{name}.npy", lambda p, a=array: _save_npy(p, a))
+            write_file_atomic(self.path / f"{kind}-{name}.npy", partial(_save_npy, array=array))
         (self.path / f"keys-{name}.txt").write_text("\n".join(keys[j] for j in fresh))
         meta = {**self.meta, "shards": [*self.meta["shards"], {"name": name, "rows": len(fresh)}]}
         _atomic_json(self.path / "meta.json", meta)
@@ -138,18 +141,20 @@ class TeacherStore:
         if missing:
             raise KeyError(f"{len(missing)} view keys are not in {self.path}, e.g. {missing[0]!r}")
         where = np.array([self.index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
-        out = {kind: None for kind in self._kinds()}
+        out: dict[str, Tensor | None] = dict.fromkeys(self._kinds())
         for s in np.unique(where[:, 0]):
             pos = np.nonzero(where[:, 0] == s)[0]
             for kind, array in self._arrays[s].items():
                 block = torch.from_numpy(np.ascontiguousarray(array[where[pos, 1]]))
-                if out[kind] is None:
-                    out[kind] = torch.empty((len(keys), *block.shape[1:]), dtype=block.dtype)
-                out[kind][torch.from_numpy(pos)] = block
-        feats = out["features"].float()
+                dest = out[kind]
+                if dest is None:
+                    dest = out[kind] = torch.empty((len(keys), *block.shape[1:]), dtype=block.dtype)
+                dest[torch.from_numpy(pos)] = block
+        filled = cast(dict[str, Tensor], out)  # keys is not empty and every shard holds every kind
+        feats = filled["features"].float()
         if self.meta["topk"]:
             logits = torch.full((len(keys), self.meta["num_classes"]), MISSING_LOGIT)
-            logits.scatter_(1, out["topk_indices"].long(), out["topk_values"].float())
+            logits.scatter_(1, filled["topk_indices"].long(), filled["topk_values"].float())
         else:
-            logits = out["logits"].float()
+            logits = filled["logits"].float()
         return TeacherOutput(feats, logits)

@@ -26,6 +26,8 @@ def _seed_of(text: str) -> int:
 
 
 class SyntheticTeacher(Teacher):
+    proj: Tensor  # buffer, registered in __init__
+
     def __init__(self, embed_dim: int = 64, seed: int = 0, image_size: int = 32, zeta: float = 0.01) -> None:
         super().__init__(Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), image_size), zeta=zeta)
         self.id = f"synthetic-d{embed_dim}-s{seed}"

@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # a = s * step, s = mean per-row std of the zero-shot logits: 0, then 24 log-spaced in [0.01, 10].
-A_STEPS: tuple[float, ...] = (0.0,) + tuple(10.0 ** (-2.0 + 3.0 * i / 23) for i in range(24))
+A_STEPS: tuple[float, ...] = (0.0, *(10.0 ** (-2.0 + 3.0 * i / 23) for i in range(24)))
 # b: 20 values linspace(0.5, 12).
 DEFAULT_B_GRID: tuple[float, ...] = tuple(0.5 + 11.5 * i / 19 for i in range(20))
 TENSOR_FIELDS: tuple[str, ...] = ("keys", "values")
@@ -312,7 +313,7 @@ def fit_tip_adapter(
         raise ValueError(f"grid={grid!r} is not one of {', '.join(GRIDS)}")
     keys, values = build_cache(train_view_features if key_features is None else key_features, labels, num_classes,
                                key_mean)
-    grids = {} if grid == "dho" else dict(zip(("a_grid", "b_grid"), tip_grids(dataset)))
+    grids: dict[str, Any] = {} if grid == "dho" else dict(zip(("a_grid", "b_grid"), tip_grids(dataset)))  # search_ab's a_grid, b_grid
 
     def tune(keys: Tensor, a: float, b: float) -> Tensor:
         return fine_tune_keys(train_view_features, train_view_zs_logits, labels, keys, values, a, b,

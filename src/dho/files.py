@@ -1,10 +1,20 @@
-"""Durable writes: a file or a whole directory appears complete or not at all.
+"""Files: durable writes, the cache directory, and other projects' ``torch.save`` dicts read safely.
 
-Files are written beside their final name, flushed and fsynced, then renamed over it (an atomic
-step on POSIX file systems); the directory is fsynced so the rename itself survives a crash. A
-directory of several files is assembled as ``.NAME.partial`` and closed by a ``COMPLETE`` marker,
-written last, that lists each file's SHA-256; only then is it renamed into place. A reader trusts a
-directory only when the marker is there and every checksum matches.
+Durable writes: a file or a whole directory appears complete or not at all. Files are written
+beside their final name, flushed and fsynced, then renamed over it (an atomic step on POSIX file
+systems); the directory is fsynced so the rename itself survives a crash. A directory of several
+files is assembled as ``.NAME.partial`` and closed by a ``COMPLETE`` marker, written last, that
+lists each file's SHA-256; only then is it renamed into place. A reader trusts a directory only
+when the marker is there and every checksum matches.
+
+The cache directory (:func:`cache_dir`) holds what dho derives and can rebuild: unpacked datasets,
+text embeddings.
+
+Other projects' ``torch.save`` dicts (:func:`load_torch_file`) are read with
+``torch.load(..., weights_only=True)``: tensors, containers and plain Python scalars only. Scripts
+that store hyper-parameters found by numpy (``np.float64`` alphas and betas) pickle numpy scalars
+too; exactly the globals those need are allowed for the one call, nothing else (any other global,
+e.g. a class instance or an ``os.system`` reduce, is refused).
 """
 
 from __future__ import annotations
@@ -12,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "DamagedCheckpoint", "file_digest", "read_marker", "write_dir_atomic", "write_file_atomic"]
+__all__ = ["MARKER", "DamagedCheckpoint", "cache_dir", "file_digest", "load_torch_file", "numpy_float64_globals", "read_marker",
+           "write_dir_atomic", "write_file_atomic", "write_text_atomic"]
 
 MARKER = "COMPLETE"
 Writer = Callable[[Path], Any]  # writes one file at the path it is given
@@ -58,6 +70,11 @@ def write_file_atomic(path: str | Path, write: Writer) -> Path:
         raise
     _fsync_path(path.parent)
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`write_file_atomic`)."""
+    return write_file_atomic(path, lambda p: p.write_text(text))
 
 
 def write_dir_atomic(parent: str | Path, name: str, writers: dict[str, Writer], marker: dict | None = None,
@@ -113,3 +130,46 @@ def read_marker(directory: str | Path) -> dict:
         if file_digest(directory / fname) != expected:
             raise DamagedCheckpoint(f"{directory}/{fname} is damaged (checksum mismatch)")
     return marker
+
+def cache_dir() -> Path:
+    """``$DHO_CACHE_DIR``, else ``$XDG_CACHE_HOME/dho``, else ``~/.cache/dho``."""
+    if os.environ.get("DHO_CACHE_DIR"):
+        return Path(os.environ["DHO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dho"
+
+def numpy_float64_globals() -> list[Any]:
+    """What unpickling a ``numpy.float64`` scalar needs: ``multiarray.scalar`` (under the module
+    names numpy 1.x and 2.x write), ``numpy.dtype`` and the float64 dtype class (it is BUILT)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    return [scalar, *((scalar, name) for name in names), np.dtype, type(np.dtype(np.float64))]
+
+
+def load_torch_file(path: str | Path) -> dict[str, Any]:
+    """The dict stored at ``path`` by ``torch.save``, on the CPU; numpy float64 scalars allowed.
+
+    Raises FileNotFoundError when there is no file and a one-line ValueError when it cannot be
+    read this way (anything pickled beyond tensors, plain containers and numpy float64 scalars)
+    or does not hold a dict.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    try:
+        with torch.serialization.safe_globals(numpy_float64_globals()):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = (f"it pickles {refused.group(1)}, which is not allowed" if refused else
+                  f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}")
+        raise ValueError(f"{path} cannot be read as a plain torch file ({reason})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict")
+    return data

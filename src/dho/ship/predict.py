@@ -6,8 +6,8 @@ import glob
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .data.images import IMAGE_EXTENSIONS
-from .students import DualHeadStudent
+from ..data.images import IMAGE_EXTENSIONS
+from ..students import DualHeadStudent
 
 __all__ = ["expand_paths", "predict_files"]
 

@@ -20,9 +20,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import load_student
-from .data import EvalViews, ImageStore, SplitManifest
-from .students import DualHeadStudent
+from ..checkpoint import load_student
+from ..data import EvalViews, ImageStore, SplitManifest
+from ..files import write_text_atomic
+from ..students import DualHeadStudent
 
 __all__ = ["extract_features", "linear_eval", "linear_eval_run", "tsne_plot", "tsne_run"]
 
@@ -218,7 +219,7 @@ def linear_eval_run(run_dir: str | Path, data_root: str | Path | None = None,
     result = linear_eval(x_train, y_train, x_test, y_test, len(manifest.classes), **linear_kw)
     result = {**result, "train_split": train_split, "test_split": test_split,
               "backbone": student.spec.get("backbone"), "input_size": student.preprocess.size}
-    (run / "linear_eval.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(run / "linear_eval.json", json.dumps(result, indent=1))
     return result
 
 

@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,19 +33,21 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import write_file_atomic
-from .config import METHODS, ConfigError, RunConfig
-from .data.splits import SplitManifest
-from .evaluate import SplitLogits, score
-from .plan import training_view_size
-from .pool import executor
-from .precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
-from .state import load_state
-from .teachers import Teacher, build_teacher
-from .teachers.cache import TeacherCache
-from .teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
-from .teachers.tip_adapter import TipAdapter
-from .train import free_cores, train
+from ..config import ConfigError, RunConfig
+from ..data.manifest import SplitManifest
+from ..device import free_cores
+from ..evaluate import SplitLogits, score
+from ..files import write_file_atomic, write_text_atomic
+from ..loop import train
+from ..methods import METHODS
+from ..teachers import Teacher, build_teacher
+from ..teachers.cache import TeacherCache
+from ..teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
+from ..teachers.tip_adapter import TipAdapter
+from ..training.plan import training_view_size
+from ..training.pool import executor
+from ..training.precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
+from ..training.state import load_state
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
@@ -87,7 +90,7 @@ class SweepConfig:
         return cfgs
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, RunConfig]:
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, RunConfig]:
     """A sweep file -> (grid, base run config with ``overrides`` applied)."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     unknown = set(data) - {"sweep", "run"}
@@ -185,7 +188,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
 
     started, out = time.time(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump({"sweep": {**asdict(sweep), "methods": list(sweep.methods),
+    write_text_atomic(out / "sweep.yaml", yaml.safe_dump({"sweep": {**asdict(sweep), "methods": list(sweep.methods),
         "shots": list(sweep.shots), "seeds": list(sweep.seeds),
         "teacher_methods": {k: list(v) for k, v in sweep.teacher_methods.items()}}, "run": base.to_dict()}, sort_keys=False))
     cfgs = sweep.runs(base, out)
@@ -231,7 +234,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     bar.close()
     _gather(cfgs, teacher_rows, out)
     log.info("sweep done in %.0f s: %s", time.time() - started, out / "results.csv")
-    (out / "sweep_time.json").write_text(json.dumps({"wall_time_s": round(time.time() - started, 1), "runs_trained": len(todo),
+    write_text_atomic(out / "sweep_time.json", json.dumps({"wall_time_s": round(time.time() - started, 1), "runs_trained": len(todo),
                                                      "workers": workers, "failures": failures}, indent=1))
     if failures:
         raise RuntimeError(f"{len(failures)} sweep run(s) failed; first: {failures[0]}")

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_metadata, load_student
-from .students import DualHeadStudent, Prediction
+from ..checkpoint import load_metadata, load_student
+from ..students import DualHeadStudent, Prediction
 
 __all__ = ["DHOClassifier"]
 

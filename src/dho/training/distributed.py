@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,7 +119,7 @@ def all_gather_float(ctx: DistContext, value: float) -> list[float]:
     return [float(v) for v in values]
 
 
-def average_gradients(ctx: DistContext, params: list[Tensor]) -> None:
+def average_gradients(ctx: DistContext, params: Sequence[Tensor]) -> None:
     """Average ``p.grad`` over ranks in place (for gradients set by hand, outside DDP's hooks)."""
     if not ctx.enabled:
         return

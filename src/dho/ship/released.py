@@ -21,13 +21,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from torch import Tensor
 
-from .checkpoint import save_checkpoint
-from .config import StudentConfig
-from .students import DualHeadStudent, build_student
-from .torchfiles import load_torch_file
+from ..checkpoint import save_checkpoint
+from ..config import StudentConfig
+from ..files import load_torch_file
+from ..students import DualHeadStudent, build_student
 
 __all__ = ["ALPHA_CONVENTIONS", "import_checkpoint", "read_class_names"]
 
@@ -75,7 +76,9 @@ def _convert_keys(state: dict[str, Tensor], student: DualHeadStudent) -> dict[st
 
 
 def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: list[str], *,
-                      alpha_convention: str = "current", source: str = "torchvision", image_size: int = 224) -> Path:
+                      alpha_convention: str = "current",
+                      source: Literal["auto", "timm", "torchvision", "open_clip"] = "torchvision",  # StudentConfig.source
+                      image_size: int = 224) -> Path:
     """Convert the authors' ``.pt`` student at ``path`` into a dho checkpoint directory ``out``.
     ``arch`` is the backbone it was trained with: torchvision's resnet18, resnet50 (the DINO
     ResNet-50) or mobilenet_v2, or for a CLIP image tower the open_clip name (OpenAI's towers use

@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .students import DualHeadStudent
+from ..mixing import head_probs, mix_probs
+from ..students import DualHeadStudent
+from .model_card import ExportResult, write_model_card
 
 __all__ = ["EXPORT_FORMATS", "ExportResult", "MixedClassifier", "export_checkpoint", "export_student", "images_per_second",
            "load_exported", "run_exported"]
@@ -43,19 +45,8 @@ class MixedClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         out = self.student(images)
-        p_ce = out.ce_logits.float().softmax(-1)
-        p_kd = (out.kd_logits.float() / self.beta).softmax(-1)
-        mixed = self.alpha * p_ce + (1.0 - self.alpha) * p_kd
-        return (mixed, p_ce, p_kd) if self.heads else mixed
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    format: str
-    max_abs_diff: float  # exported vs PyTorch on the check images
-    images_checked: int
-    bytes: int
+        mixed = mix_probs(out.ce_logits, out.kd_logits, self.alpha, self.beta)
+        return (mixed, *head_probs(out.ce_logits, out.kd_logits, self.beta)) if self.heads else mixed
 
 
 def _require_onnx() -> None:
@@ -79,6 +70,7 @@ def _export_onnx(model: MixedClassifier, example: Tensor, path: Path) -> None:
             logger.setLevel(logging.WARNING)
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=outputs,
                                     dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        assert program is not None  # the dynamo exporter returns the program it built
         program.save(str(path))
     finally:
         for logger, level in zip(quiet, levels):
@@ -157,10 +149,10 @@ def export_student(student: DualHeadStudent, out: str | Path, fmt: str, check_im
 
 def _check_images(checkpoint: str | Path, meta: dict, size: int, paths: list[str] | None, split: str, count: int) -> Tensor:
     """uint8 [N, 3, S, S] real images to verify an export on: given files, else the run's split."""
-    from .data import EvalViews, ImageStore
-    from .data.images import decode_image, eval_view
-    from .evaluate import checkpoint_split
+    from ..data import EvalViews, ImageStore
+    from ..data.images import decode_image, eval_view
     from .predict import expand_paths
+    from .scoring import checkpoint_split
 
     if paths:
         files = expand_paths(paths)[:count]
@@ -172,8 +164,8 @@ def _check_images(checkpoint: str | Path, meta: dict, size: int, paths: list[str
 
 def _teacher_speed(meta: dict, images: Tensor) -> tuple[float | str, str]:
     """The teacher's images/s on these images (rebuilt from the run's config), or why not."""
-    from .config import RunConfig
-    from .teachers import build_teacher
+    from ..config import RunConfig
+    from ..teachers import build_teacher
 
     try:
         run_cfg = RunConfig.from_dict(meta["config"])
@@ -189,20 +181,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, imag
                       heads: bool = False, atol: float = 1e-4, card: bool = True, teacher_speed: bool = True) -> dict:
     """``dho export``: write the student of ``checkpoint`` as one graph, verify it on real images,
     measure it (and its teacher) on this machine, and write the model card beside it."""
-    from .checkpoint import load_metadata, load_student
-    from .model_card import write_model_card
+    from ..checkpoint import load_metadata, load_student
 
     meta = load_metadata(checkpoint)
     student = load_student(checkpoint)
     size = student.preprocess.size
     check = _check_images(checkpoint, meta, size, images, split, count)
     result = export_student(student, out, fmt, check, alpha=alpha, beta=beta, heads=heads, atol=atol)
-    speed = {"student": images_per_second(load_exported(result.path), check)}
+    speed: dict[str, float | str] = {"student": images_per_second(load_exported(result.path), check)}
     if teacher_speed:
         speed["teacher"], speed["teacher_params"] = _teacher_speed(meta, check)
     else:
         speed["teacher"] = "skipped"
-    report = {"path": str(result.path), "format": fmt, "bytes": result.bytes, "max_abs_diff": result.max_abs_diff,
+    report: dict[str, Any] = {"path": str(result.path), "format": fmt, "bytes": result.bytes, "max_abs_diff": result.max_abs_diff,
               "images_checked": result.images_checked, "params": sum(p.numel() for p in student.parameters()),
               "alpha": student.alpha if alpha is None else alpha, "beta": student.beta if beta is None else beta,
               "images_per_s": speed}

@@ -4,11 +4,9 @@ a teacher store must hold to replay the run)."""
 
 from __future__ import annotations
 
-import math
-
-from .config import RunConfig
-from .data import SplitManifest, StreamSampler
-from .losses import METHOD_SPECS
+from ..config import RunConfig
+from ..data import SplitManifest, StreamSampler
+from ..methods import METHOD_SPECS
 
 __all__ = ["planned_views", "steps_per_epoch", "total_steps", "training_view_size"]
 
@@ -29,7 +27,8 @@ def training_view_size(cfg: RunConfig, teacher_size: int) -> int:
 
 
 def total_steps(cfg: RunConfig, manifest: SplitManifest) -> int:
-    return min(cfg.optim.epochs * steps_per_epoch(cfg, manifest), cfg.optim.max_steps or math.inf)
+    steps = cfg.optim.epochs * steps_per_epoch(cfg, manifest)
+    return min(steps, cfg.optim.max_steps) if cfg.optim.max_steps else steps
 
 
 def planned_views(cfg: RunConfig, manifest: SplitManifest) -> dict[str, list[tuple[int, int]]]:

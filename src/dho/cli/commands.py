@@ -1,6 +1,6 @@
 """What each `dho` command does: parsed arguments -> one library call -> printed result and exit code.
 
-The grammar of the command line and its error reporting are in :mod:`dho.cli`.
+The grammar of the command line and its error reporting are in :mod:`dho.cli.app`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,24 @@ import os
 import sys
 from pathlib import Path
 
+from ..files import write_text_atomic
+
 __all__ = [
-    "cmd_train", "cmd_data_check", "cmd_cache_teacher", "cmd_export", "cmd_eval", "cmd_tune", "cmd_predict",
-    "cmd_import_checkpoint", "cmd_zeroshot", "cmd_synth", "cmd_demo", "cmd_sweep", "cmd_report",
-    "cmd_linear_eval", "cmd_tsne"
+    "cmd_cache_teacher",
+    "cmd_data_check",
+    "cmd_demo",
+    "cmd_eval",
+    "cmd_export",
+    "cmd_import_checkpoint",
+    "cmd_linear_eval",
+    "cmd_predict",
+    "cmd_report",
+    "cmd_sweep",
+    "cmd_synth",
+    "cmd_train",
+    "cmd_tsne",
+    "cmd_tune",
+    "cmd_zeroshot"
 ]
 
 log = logging.getLogger("dho")
@@ -42,14 +56,14 @@ def _print_scores(title: str, scores: dict) -> None:
 def _write_json(out: str | None, name: str, data: dict) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / name).write_text(json.dumps(data, indent=1))
+        write_text_atomic(Path(out) / name, json.dumps(data, indent=1))
         print(f"wrote {Path(out) / name}")
 
 
 # ---- commands ------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
-    from .train import train
+    from ..config import ConfigError, load_config
+    from ..loop import train
 
     overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
     if args.resume:  # the run's own resolved config; overrides may only change where and how fast it runs
@@ -58,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own config.yaml: leave out --config and --out")
         if not (run / "config.yaml").is_file():
             raise FileNotFoundError(f"nothing to resume: {run / 'config.yaml'} does not exist")
-        cfg = load_config(run / "config.yaml", overrides + [f"out={run}"])
+        cfg = load_config(run / "config.yaml", [*overrides, f"out={run}"])
     else:
         cfg = load_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
     try:
@@ -82,7 +96,7 @@ def _end_process_group() -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.audit import audit_folder
+    from ..data.audit import audit_folder
 
     report = audit_folder(args.root, timeout=args.timeout, workers=args.workers)
     summary = report.summary()
@@ -111,12 +125,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .precompute import cache_teacher
+    from ..config import load_config
+    from ..training.precompute import cache_teacher
 
     cfg = load_config(args.config, args.overrides)
     cache = cache_teacher(cfg, args.out, dtype=args.dtype, topk=args.topk, workers=args.workers,
                           eval_splits=not args.no_eval)
+    assert cache.store is not None  # the cache was saved to its store at args.out
     meta = cache.store.meta
     print(f"teacher {meta['teacher']}: {len(cache)} views ({meta['dtype']}, "
           f"{'top-' + str(meta['topk']) + ' logits' if meta['topk'] else 'all logits'}, {meta['feature_dim']}-d features) "
@@ -126,7 +141,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from ..ship.export import export_checkpoint
 
     r = export_checkpoint(args.checkpoint, args.out, args.format, images=args.images, split=args.split, count=args.check,
                           alpha=args.alpha, beta=args.beta, heads=args.heads, atol=args.atol, card=not args.no_card,
@@ -143,10 +158,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import checkpoint_logits, score
+    from ..evaluate import score
+    from ..ship.scoring import checkpoint_logits
 
-    logits, meta, student = checkpoint_logits(args.checkpoint, args.split, args.data, with_teacher=args.teacher,
-                                              device=args.device, progress=_progress(), variant=args.variant)
+    logits, _, student = checkpoint_logits(args.checkpoint, args.split, args.data, with_teacher=args.teacher,
+                                           device=args.device, progress=_progress(), variant=args.variant)
     alpha = student.alpha if args.alpha is None else args.alpha
     beta = student.beta if args.beta is None else args.beta
     scores = {"alpha": alpha, "beta": beta, "split": args.variant or args.split, **score(logits, alpha, beta)}
@@ -157,15 +173,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .checkpoint import update_mixing
-    from .evaluate import checkpoint_logits
-    from .mixing import search_mixing, write_grid_csv
+    from ..checkpoint import update_mixing
+    from ..mixing import search_mixing, write_grid_csv
+    from ..ship.scoring import checkpoint_logits
 
     if args.split == "test" and args.data is None:
         raise ValueError("refusing to tune alpha/beta on the test split; use --split val (selection never sees test)")
     logits, _, student = checkpoint_logits(args.checkpoint, args.split, args.data, device=args.device, progress=_progress())
     if not student.dual_head:
         raise ValueError("this checkpoint has a single head; there is nothing to mix")
+    assert logits.ce is not None and logits.kd is not None  # a dual-head student's logits
     best = search_mixing(logits.ce, logits.kd, logits.labels)
     print(f"best on {args.data or args.split}: alpha={best.alpha:.2f} beta={best.beta:.2f} accuracy={_pct(best.accuracy).strip()}")
     if args.out:
@@ -181,8 +198,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_student
-    from .predict import expand_paths, predict_files
+    from ..checkpoint import load_student
+    from ..ship.predict import expand_paths, predict_files
 
     student = load_student(args.checkpoint, device=args.device)
     paths = expand_paths(args.paths)
@@ -204,8 +221,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    from .checkpoint import load_metadata
-    from .released import import_checkpoint, read_class_names
+    from ..checkpoint import load_metadata
+    from ..ship.released import import_checkpoint, read_class_names
 
     out = import_checkpoint(args.file, args.out, args.arch, read_class_names(args.classes),
                             alpha_convention=args.alpha_convention, image_size=args.image_size)
@@ -216,8 +233,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .evaluate import zeroshot_accuracy
+    from ..config import load_config
+    from ..experiments.zeroshot import zeroshot_accuracy
 
     cfg = load_config(args.config, args.overrides)
     scores = zeroshot_accuracy(cfg, args.split, progress=_progress())
@@ -227,7 +244,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data import make_synthetic_folder
+    from ..data import make_synthetic_folder
 
     root = make_synthetic_folder(args.out, per_class={"train": args.train, "test": args.test}, seed=args.seed)
     print(f"wrote a synthetic ImageFolder tree to {root}")
@@ -237,7 +254,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .demo import LABELS, DemoSettings, run_demo
+    from ..experiments.demo import LABELS, DemoSettings, run_demo
 
     given = {"shots": args.shots, "student": args.student, "epochs": args.epochs, "max_unlabeled": args.max_unlabeled,
              "precision": args.precision}
@@ -247,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if settings.student != "efficientnet_lite0":  # the one student whose ImageNet weights install offline
         settings = replace(settings, student_pretrained=False)
     if args.synthetic:  # seconds on a CPU: synthetic data, synthetic teacher, small random student
-        from .data import make_synthetic_folder
+        from ..data import make_synthetic_folder
 
         root = make_synthetic_folder(Path(args.out) / "data", per_class={"train": 60, "test": 30}, seed=0)
         settings = replace(settings, teacher="synthetic", student="resnet18", student_pretrained=False,
@@ -256,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     elif args.data:
         root = Path(args.data)
     else:
-        from .data.cifar import prepare_cifar10
+        from ..data.cifar import prepare_cifar10
 
         root = prepare_cifar10()
     results = run_demo(root, Path(args.out), settings, progress=_progress())
@@ -271,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import load_sweep, run_sweep
+    from ..experiments.sweep import load_sweep, run_sweep
 
     sweep, base = load_sweep(args.config, args.overrides)
     out = Path(args.out or base.out)
@@ -287,19 +304,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..experiments.report import write_report
 
     written = write_report(args.sweep, args.out)
     table = written.get("table.md")
     if table is not None:
         print(table.read_text())
-    for name, path in written.items():
+    for path in written.values():
         print(f"wrote {path}")
     return 0
 
 
 def cmd_linear_eval(args: argparse.Namespace) -> int:
-    from .features import linear_eval_run
+    from ..experiments.features import linear_eval_run
 
     r = linear_eval_run(args.run, data_root=args.data, train_split=args.train_split, device=args.device,
                         progress=_progress())
@@ -310,7 +327,7 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tsne(args: argparse.Namespace) -> int:
-    from .features import tsne_run
+    from ..experiments.features import tsne_run
 
     path = tsne_run(args.run, args.out, split=args.split, max_points=args.max_points, data_root=args.data,
                     device=args.device, progress=_progress())

@@ -1,6 +1,6 @@
 """The `dho` command line: argv -> config -> one library call -> printed result and exit code.
 
-This module is the grammar (the parser) and the error reporting; :mod:`dho.commands` does the work.
+This module is the grammar (the parser) and the error reporting; :mod:`dho.cli.commands` does the work.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import errno
 import logging
 import sys
+from typing import Any
 
 from .commands import (
     cmd_cache_teacher,
@@ -40,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also the libraries' own progress notes (open_clip, sentence-transformers, ...)")
     parser.add_argument("--version", action="version", version=f"dho {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_commands(sub)
+    _student_commands(sub)
+    _experiment_commands(sub)
+    _other_commands(sub)
+    return parser
 
+
+def _run_commands(sub: Any) -> None:
+    """Commands for training a run and what it reads: train, data check, cache-teacher."""
     p = sub.add_parser("train", help="train a student (writes config.yaml, metrics.jsonl, checkpoint/, results.json)")
     p.add_argument("--config", help="YAML config (defaults when omitted)")
     p.add_argument("--out", help="run directory (same as out=DIR)")
@@ -71,13 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
     p.set_defaults(func=cmd_cache_teacher)
 
-    def checkpoint_args(p: argparse.ArgumentParser, default_split: str) -> None:
-        p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
-        p.add_argument("--split", default=default_split, choices=SPLITS, help=f"split of the run (default {default_split})")
-        p.add_argument("--data", help="an ImageFolder tree to use instead of the run's split")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--out", help="directory for the written results")
 
+def _student_commands(sub: Any) -> None:
+    """Commands for a trained student: export, eval, tune, predict."""
     p = sub.add_parser("export", help="one ONNX/TorchScript graph: uint8 images -> mixed probabilities; checked, with a model card")
     p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="accuracy of each head, the mix and (with --teacher) the teacher")
-    checkpoint_args(p, "test")
+    _checkpoint_args(p, "test")
     p.add_argument("--teacher", action="store_true", help="also score the teacher (rebuilt from the checkpoint's config)")
     p.add_argument("--variant", choices=("imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a"),
                    help="--data is this ImageNet test set (R and A: scored on their 200 classes)")
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("tune", help="search alpha/beta on a validation split; writes grid.csv")
-    checkpoint_args(p, "val")
+    _checkpoint_args(p, "val")
     p.add_argument("--write", action="store_true", help="store the best alpha/beta in the checkpoint")
     p.set_defaults(func=cmd_tune)
 
@@ -118,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_predict)
 
+
+def _experiment_commands(sub: Any) -> None:
+    """Commands for experiments over runs: sweep, report, linear-eval, tsne."""
     p = sub.add_parser("sweep", help="methods x shots x seeds (x teachers) from one sweep file; resumable")
     p.add_argument("config", help="sweep YAML: a 'sweep:' grid and a 'run:' config (see configs/sweep-*.yaml)")
     p.add_argument("--out", help="sweep directory (default: the run config's out)")
@@ -145,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN/tsne_SPLIT.png)")
     p.set_defaults(func=cmd_tsne)
 
+
+def _other_commands(sub: Any) -> None:
+    """Commands for the authors' checkpoints, the teacher alone, data for trying things, the demo."""
     p = sub.add_parser("import-checkpoint", help="convert a DHO authors' .pt student into a dho checkpoint")
     p.add_argument("file", help="the authors' checkpoint (model_state_dict, alpha, beta)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
@@ -183,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="a seconds-long run on synthetic data and teacher")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="autocast of every run (default auto)")
     p.set_defaults(func=cmd_demo)
-    return parser
+
+
+def _checkpoint_args(p: argparse.ArgumentParser, default_split: str) -> None:
+    p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
+    p.add_argument("--split", default=default_split, choices=SPLITS, help=f"split of the run (default {default_split})")
+    p.add_argument("--data", help="an ImageFolder tree to use instead of the run's split")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="directory for the written results")
 
 
 def _positive_int(text: str) -> int:
@@ -198,7 +216,7 @@ def _all_or_int(text: str) -> int | str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -208,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     # dho's own notes at INFO; other libraries only warn unless asked (-v)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("dho").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    from .config import ConfigError
-    from .stopping import TrainingInterrupted
+    from ..config import ConfigError
+    from ..training.stopping import TrainingInterrupted
 
     try:
         return args.func(args)

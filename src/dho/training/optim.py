@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    betas = cast("tuple[float, float]", tuple(cfg.betas))  # OptimConfig.betas holds two floats
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> float:

@@ -1,4 +1,4 @@
-"""The report of a finished sweep: its tables (:mod:`dho.tables`) and plots, accuracy vs shots,
+"""The report of a finished sweep: its tables (:mod:`dho.experiments.tables`) and plots, accuracy vs shots,
 the alpha/beta mixing grid, head agreement and gradient conflict, gathered in ``report.md``.
 """
 
@@ -11,10 +11,20 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .tables import (
-    LABELS, METHOD_ORDER, conflict_records, method_key, read_json, teacher_labels, conflict_table, load_results,
-    shots_label, summary_table, write_tables,
+    LABELS,
+    METHOD_ORDER,
+    conflict_records,
+    conflict_table,
+    load_results,
+    method_key,
+    read_json,
+    shots_label,
+    summary_table,
+    teacher_labels,
+    write_tables,
 )
 
 __all__ = [
@@ -31,21 +41,18 @@ _CONFLICT = (("cos_params", "cos(g_CE, g_KD) on parameters"), ("cos_features", "
 
 
 # ---- plots ----------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A figure outside pyplot's global state: drawn and saved without choosing a backend."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, dpi=120)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
-    _pyplot().close(fig)
     log.info("wrote %s", path)
     return path
 
@@ -68,11 +75,13 @@ def plot_accuracy_vs_shots(rows: list[dict], path: Path | str) -> Path | None:
     if not summary:
         log.warning("no test accuracies; %s not written", path)
         return None
-    plt = _pyplot()
+    from matplotlib import colormaps
+
     teachers = teacher_labels(summary)
     methods = sorted({e["method"] for e in summary}, key=method_key)
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(m for m in methods if m != "teacher")}
-    fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.2), dpi=120, sharey=True, squeeze=False)
+    colours = {m: colormaps["tab10"](i % 10) for i, m in enumerate(m for m in methods if m != "teacher")}
+    fig = _figure((6 * len(teachers), 4.2))
+    axes = fig.subplots(1, len(teachers), sharey=True, squeeze=False)
     for ax, teacher in zip(axes[0], teachers):
         for m in methods:
             line = [e for e in summary if e["teacher"] == teacher and e["method"] == m]
@@ -80,7 +89,7 @@ def plot_accuracy_vs_shots(rows: list[dict], path: Path | str) -> Path | None:
                 continue
             x, y = [e["shots"] for e in line], [e["mean"] for e in line]
             yerr = [e["std"] for e in line] if any(e["n"] > 1 for e in line) else None
-            style = dict(color="#999999", linestyle="--") if m == "teacher" else dict(color=colours[m], marker="o")
+            style = {"color": "#999999", "linestyle": "--"} if m == "teacher" else {"color": colours[m], "marker": "o"}
             ax.errorbar(x, y, yerr=yerr, capsize=3, label=LABELS.get(m, m), **style)
         _shots_axis(ax, sorted({e["shots"] for e in summary if e["teacher"] == teacher}))
         ax.set_title(f"teacher: {teacher}")
@@ -114,8 +123,8 @@ def plot_mixing_heatmap(run_dir: Path | str, path: Path | str) -> Path | None:
         log.warning("%s missing; mixing heat map skipped", grid_path)
         return None
     alphas, betas, grid = _read_grid(grid_path)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    fig = _figure((8, 4))
+    ax = fig.subplots()
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
     fig.colorbar(image, ax=ax, label="validation accuracy (%)")
     step = max(1, len(alphas) // 5)
@@ -127,7 +136,7 @@ def plot_mixing_heatmap(run_dir: Path | str, path: Path | str) -> Path | None:
     best, bi, bj = max(flat)
     ax.plot(bi, bj, "o", markerfacecolor="none", markeredgecolor="white", markersize=12)
     ax.annotate(f"max {best:.1f}", (bi, bj), xytext=(8, 8), textcoords="offset points", fontsize=9,
-                bbox=dict(boxstyle="round,pad=0.2", facecolor="white", alpha=0.8))
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8})
     results = read_json(run_dir / "results.json") or {}
     if results.get("alpha") is not None and results.get("beta") is not None:
         ci, cj = _nearest(alphas, results["alpha"]), _nearest(betas, results["beta"])
@@ -175,8 +184,8 @@ def plot_agreement(rows_or_run_dirs: Iterable[dict] | Mapping[str, Path] | Itera
     if not bars:
         log.warning("no head agreement counts; %s not written", path)
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(bars) + 2.5), 4.2), dpi=120)
+    fig = _figure((max(4.0, 1.3 * len(bars) + 2.5), 4.2))
+    ax = fig.subplots()
     bottom = [0.0] * len(bars)
     for k, (_, name, colour) in enumerate(_AGREEMENT):
         heights = [pcts[k] for _, pcts in bars]
@@ -203,8 +212,8 @@ def plot_conflict(run_dirs: Mapping[str, Path], path: Path | str) -> Path | None
     if not curves:
         log.warning("no gradient-conflict records in %s; %s not written", ", ".join(map(str, run_dirs.values())), path)
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(_CONFLICT), figsize=(5 * len(_CONFLICT), 3.8), dpi=120, sharex=True)
+    fig = _figure((5 * len(_CONFLICT), 3.8))
+    axes = fig.subplots(1, len(_CONFLICT), sharex=True)
     for ax, (key, title) in zip(axes, _CONFLICT):
         for label, records in curves.items():
             points = [(step, c[key]) for step, c in records if c.get(key) is not None]
@@ -236,7 +245,9 @@ def _dho_rows(rows: list[dict]) -> list[dict]:
         if dho:
             shots = max(r["shots"] for r in dho)
             seed = min(r["seed"] for r in dho if r["shots"] == shots)
-            out.append(_run(dho, shots=shots, seed=seed))
+            row = _run(dho, shots=shots, seed=seed)
+            assert row is not None  # shots and seed are those of one of the dho rows
+            out.append(row)
     return out
 
 

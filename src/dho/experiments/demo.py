@@ -19,18 +19,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import RunConfig
-from .data import EvalViews, ImageStore, TrainViews
-from .data.splits import splits_for
-from .evaluate import SplitLogits, score
-from .pool import executor, shards
-from .teachers import build_teacher
-from .teachers.cache import TeacherCache
-from .plan import planned_views, training_view_size
-from .precision import resolve_precision
-from .train import free_cores, train
+from ..config import RunConfig
+from ..data import EvalViews, ImageStore, SplitManifest, TrainViews
+from ..data.splits import splits_for
+from ..device import free_cores, resolve_precision
+from ..evaluate import SplitLogits, score
+from ..files import write_text_atomic
+from ..loop import train
+from ..teachers import build_teacher
+from ..teachers.cache import TeacherCache
+from ..training.plan import planned_views, training_view_size
+from ..training.pool import executor, shards
 
-__all__ = ["DemoSettings", "METHODS", "run_demo"]
+__all__ = ["METHODS", "DemoSettings", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class DemoSettings:
     epochs: int = 40  # 3 steps each at 16 shots x 10 classes (ceil(160 / 64)): 120 steps
     batch_size: int = 64
     lr: float = 1e-3
-    precision: str = "auto"  # fp32 / bf16 autocast / auto (see dho.precision)
+    precision: str = "auto"  # fp32 / bf16 autocast / auto (see dho.device)
 
     def run_config(self, root: Path, seed: int, method: str, out: Path) -> RunConfig:
         return RunConfig().override({
@@ -90,11 +91,11 @@ def _teacher_job(cfg: RunConfig, split: str, keys: list[tuple[int, int]]) -> tup
     store = ImageStore(manifest, manifest.split(split), in_memory=False)
     size = training_view_size(cfg, teacher.image_size)
     if split == "test":
-        views = EvalViews(store, size)
-        batch = [(f"test/{i}", views[i][0]) for i, _ in keys]
+        eval_views = EvalViews(store, size)
+        batch = [(f"test/{i}", eval_views[i][0]) for i, _ in keys]
     else:
-        views = TrainViews(store, size, cfg.optim.crop_scale, seed=cfg.seed, num_views=cfg.data.num_views)
-        batch = [(key, image) for image, _, key in (views[k] for k in keys)]
+        train_views = TrainViews(store, size, cfg.optim.crop_scale, seed=cfg.seed, num_views=cfg.data.num_views)
+        batch = [(key, image) for image, _, key in (train_views[k] for k in keys)]
     outs = [teacher(torch.stack([image for _, image in batch[i:i + 128]])) for i in range(0, len(batch), 128)]
     if not outs:
         return [], torch.empty(0), torch.empty(0)
@@ -156,46 +157,48 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
         test_parts = [job.result() for job in test_jobs]
         runs = {f"seed{seed}/{method}": futures[(seed, method)].result() for seed, method in sorted(futures)}
     bar.close()
+    teacher_acc = _teacher_accuracy(test_parts, manifest)
+    per_seed = [{"teacher": teacher_acc, **{key: runs[f"seed{seed}/{method}"]["test"][entry]
+                                            for key, (method, entry) in METHODS.items()}} for seed in settings.seeds]
+    results = {
+        **_mean_and_spread(per_seed), "per_seed": dict(zip(map(str, settings.seeds), per_seed)),
+        "teacher": teacher_id, "data": str(root), "classes": classes, "settings": asdict(settings),
+        "runs": runs, "workers": workers, "wall_time_s": round(time.time() - started, 1),
+    }
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    plot_accuracy(results, out / "accuracy.png")
+    return results
+
+
+def _teacher_accuracy(test_parts: list, manifest: SplitManifest) -> float:
+    """The teacher's zero-shot test accuracy from the workers' shards of test logits."""
     test_keys = [key for keys, _, _ in test_parts for key in keys]
     test_rows = torch.cat([logits for keys, _, logits in test_parts if keys])
     row_of = {key: row for row, key in enumerate(test_keys)}
     teacher_logits = test_rows[[row_of[f"test/{i}"] for i in range(len(manifest.test))]]
     test_labels = torch.tensor([y for _, y in manifest.test])
-    teacher_acc = score(SplitLogits(test_labels, teacher=teacher_logits))["teacher"]
-    log.info("teacher zero-shot test accuracy %.4f", teacher_acc)
+    accuracy = score(SplitLogits(test_labels, teacher=teacher_logits))["teacher"]
+    log.info("teacher zero-shot test accuracy %.4f", accuracy)
+    return accuracy
 
-    per_seed = []
-    for seed in settings.seeds:
-        acc = {"teacher": teacher_acc}
-        for key, (method, entry) in METHODS.items():
-            acc[key] = runs[f"seed{seed}/{method}"]["test"][entry]
-        per_seed.append(acc)
 
+def _mean_and_spread(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each row's mean over seeds (``accuracy``) and population standard deviation (``accuracy_std``)."""
     keys = ["teacher", *METHODS]
-    mean = {k: statistics.fmean(a[k] for a in per_seed) for k in keys}
-    std = {k: statistics.pstdev([a[k] for a in per_seed]) if len(per_seed) > 1 else 0.0 for k in keys}
-    results = {
-        "accuracy": mean, "accuracy_std": std, "per_seed": dict(zip(map(str, settings.seeds), per_seed)),
-        "teacher": teacher_id, "data": str(root), "classes": classes, "settings": asdict(settings),
-        "runs": runs, "workers": workers, "wall_time_s": round(time.time() - started, 1),
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot_accuracy(results, out / "accuracy.png")
-    return results
+    return {"accuracy": {k: statistics.fmean(a[k] for a in per_seed) for k in keys},
+            "accuracy_std": {k: statistics.pstdev([a[k] for a in per_seed]) if len(per_seed) > 1 else 0.0 for k in keys}}
 
 
 def plot_accuracy(results: dict, path: Path) -> Path:
     """Bar chart of test accuracy per method, with the spread over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # outside pyplot's global state: no backend to choose
 
     keys = ["teacher", *METHODS]
     values = [100 * results["accuracy"][k] for k in keys]
     errors = [100 * results["accuracy_std"][k] for k in keys]
     colours = ["#999999", "#4C72B0", "#55A868", "#C44E52", "#DD8452", "#8172B3"]
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    fig = Figure(figsize=(8, 4.2), dpi=120)
+    ax = fig.subplots()
     seeds = len(results["per_seed"])
     bars = ax.bar([LABELS[k] for k in keys], values, yerr=errors if seeds > 1 else None, color=colours, capsize=4)
     for bar, value in zip(bars, values):
@@ -203,11 +206,11 @@ def plot_accuracy(results: dict, path: Path) -> Path:
                     xytext=(0, 3), textcoords="offset points", fontsize=9)
     s = results["settings"]
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{s['student']} student, {s['shots']} shots/class, {seeds} seed{'s' * (seeds > 1)}; teacher {results['teacher'].split(':')[0]}")
+    ax.set_title(f"{s['student']} student, {s['shots']} shots/class, {seeds} seed{'s' * (seeds > 1)}; "
+                 f"teacher {results['teacher'].split(':')[0]}")
     ax.set_ylim(0, max(values) * 1.15)
     ax.tick_params(axis="x", labelrotation=20)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import StreamSampler, TrainViews
-from .teachers import TeacherOutput
+from ..data import StreamSampler, TrainViews
+from ..teachers import TeacherOutput
 
 __all__ = ["Batch", "FeatureBatches", "ImageBatches", "RankSlice"]
 
@@ -93,7 +93,7 @@ class ImageBatches:
 class FeatureBatches:
     """Heads-only training: features of a frozen backbone, and the teacher's outputs, per planned view.
 
-    ``plan`` lists the (index, view) pairs each stream will draw (:func:`dho.plan.planned_views`);
+    ``plan`` lists the (index, view) pairs each stream will draw (:func:`dho.training.plan.planned_views`);
     their crops are made once, embedded by ``backbone`` (eval mode, no grad) and paired with the
     teacher's outputs, so every step is a gather of rows plus the heads' forward and backward.
     """
@@ -134,7 +134,8 @@ class FeatureBatches:
         for name, sampler in self.samplers.items():
             pairs = next(sampler).to(self.device)  # [b, 2] (index, pass)
             index, passes = pairs[:, 0], pairs[:, 1]
-            views = passes % self.num_views[name] if self.num_views[name] else passes
+            num_views = self.num_views[name]
+            views = passes % num_views if num_views else passes
             rows.append(self.rows[name][index, views])
             if name == "labeled":
                 labels = self.labels[name][index]

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .export import ExportResult
+from ..files import write_text_atomic
 
-__all__ = ["checkpoint_scores", "write_model_card"]
+__all__ = ["ExportResult", "checkpoint_scores", "write_model_card"]
+
+
+@dataclass
+class ExportResult:
+    """An exported graph: where it is, its format, and its parity with the PyTorch student."""
+
+    path: Path
+    format: str
+    max_abs_diff: float  # exported vs PyTorch on the check images
+    images_checked: int
+    bytes: int
 
 
 def checkpoint_scores(checkpoint: str | Path, meta: dict) -> dict:
@@ -54,25 +64,10 @@ def write_model_card(path: str | Path, checkpoint: str | Path, meta: dict, resul
                      alpha: float, beta: float, heads: bool, atol: float, params: int, speed: dict,
                      machine: str) -> Path:
     """Write the markdown card. ``speed``: {"student": images/s, "teacher": images/s or a reason}."""
-    arch, cfg = meta["architecture"], meta.get("config", {})
-    split, mixing = {**meta.get("split", {}), **_split_counts(checkpoint)}, meta.get("mixing", {})
-    data, student_cfg, loss = cfg.get("data", {}), cfg.get("student", {}), cfg.get("loss", {})
-    size, classes = meta["input_size"], meta["classes"]
+    arch, size, classes = meta["architecture"], meta["input_size"], meta["classes"]
     outputs = "`probs`, `ce_probs`, `kd_probs` (each head's softmax, h_KD at beta)" if heads else "`probs`"
-    teacher = meta.get("teacher", {})
     teacher_speed = speed.get("teacher")
     teacher_speed = f"{teacher_speed:.1f}" if isinstance(teacher_speed, float) else f"not measured ({teacher_speed})"
-    selection = mixing.get("selection", "unknown")
-    if "val_mixed" in mixing:
-        selection += f", validation accuracy {_pct(mixing['val_mixed'])}%"
-    run_snippet = (
-        "import onnxruntime as ort\n"
-        f"session = ort.InferenceSession(\"{result.path.name}\")\n"
-        f"probs = session.run(None, {{\"images\": images}})[0]  # images: uint8 numpy [N, 3, {size}, {size}]"
-        if result.format == "onnx" else
-        "import torch\n"
-        f"model = torch.jit.load(\"{result.path.name}\")\n"
-        f"probs = model(images)  # images: uint8 tensor [N, 3, {size}, {size}]")
     lines = [
         f"# {arch['backbone']} student for {len(classes)} classes (Dual-Head Optimization)",
         "",
@@ -88,29 +83,14 @@ def write_model_card(path: str | Path, checkpoint: str | Path, meta: dict, resul
         f"softmax(h_KD / beta), with alpha = {alpha:g} and beta = {beta:g} built in; argmax is the prediction.",
         "",
         "```python",
-        run_snippet,
+        _run_snippet(result, size),
         "```",
         "",
         "## Classes",
         "",
         ", ".join(f"{i}: {name}" for i, name in enumerate(classes)),
         "",
-        "## How it was trained",
-        "",
-        f"- Teacher: `{teacher.get('id', 'unknown')}` at {teacher.get('size', '?')} px, zero-shot head over "
-        f"{len(teacher.get('templates', []))} prompt template(s), zeta {teacher.get('zeta', '?')}.",
-        f"- Student: `{arch['backbone']}` ({arch.get('source', '?')}), "
-        f"{'ImageNet-pretrained' if student_cfg.get('pretrained') else 'initialised as configured'}, "
-        f"{arch['num_features']}-d features, heads h_CE = {arch['ce_head']}, h_KD = {arch['kd_head']}, "
-        f"input {size} px.",
-        f"- Method: `{loss.get('method', 'dho')}` (CE weight {loss.get('ce_weight', '?')}, KD weight "
-        f"{loss.get('kd_weight', '?')}, temperature {loss.get('temperature', '?')}).",
-        f"- Data: `{data.get('root', '?')}`; {split.get('labeled', '?')} labeled "
-        f"({'%s per class' % data.get('shots') if data.get('shots') else 'fraction %s' % data.get('fraction')}), "
-        f"{split.get('unlabeled', '?')} unlabeled, {split.get('val', '?')} validation, {split.get('test', '?')} test "
-        f"images (validation {split.get('val_source', '?')}, test {split.get('test_source', '?')}); "
-        f"split seed {data.get('split_seed', '?')}.",
-        f"- alpha = {alpha:g}, beta = {beta:g}: {selection}.",
+        *_training_lines(checkpoint, meta, alpha, beta),
         "",
         "## Accuracy (%)",
         "",
@@ -131,6 +111,45 @@ def write_model_card(path: str | Path, checkpoint: str | Path, meta: dict, resul
         f"(tolerance {atol:g}).",
         "",
     ]
-    path = Path(path)
-    path.write_text("\n".join(lines))
-    return path
+    return write_text_atomic(path, "\n".join(lines))
+
+
+def _run_snippet(result: ExportResult, size: int) -> str:
+    """How to run the exported file, in Python."""
+    if result.format == "onnx":
+        return ("import onnxruntime as ort\n"
+                f"session = ort.InferenceSession(\"{result.path.name}\")\n"
+                f"probs = session.run(None, {{\"images\": images}})[0]  # images: uint8 numpy [N, 3, {size}, {size}]")
+    return ("import torch\n"
+            f"model = torch.jit.load(\"{result.path.name}\")\n"
+            f"probs = model(images)  # images: uint8 tensor [N, 3, {size}, {size}]")
+
+
+def _training_lines(checkpoint: str | Path, meta: dict, alpha: float, beta: float) -> list[str]:
+    """The card's "How it was trained": teacher, student, method, data, and how alpha/beta were chosen."""
+    arch, cfg, size = meta["architecture"], meta.get("config", {}), meta["input_size"]
+    split, mixing = {**meta.get("split", {}), **_split_counts(checkpoint)}, meta.get("mixing", {})
+    data, student_cfg, loss = cfg.get("data", {}), cfg.get("student", {}), cfg.get("loss", {})
+    teacher = meta.get("teacher", {})
+    labeled_share = f"{data.get('shots')} per class" if data.get("shots") else f"fraction {data.get('fraction')}"
+    selection = mixing.get("selection", "unknown")
+    if "val_mixed" in mixing:
+        selection += f", validation accuracy {_pct(mixing['val_mixed'])}%"
+    return [
+        "## How it was trained",
+        "",
+        f"- Teacher: `{teacher.get('id', 'unknown')}` at {teacher.get('size', '?')} px, zero-shot head over "
+        f"{len(teacher.get('templates', []))} prompt template(s), zeta {teacher.get('zeta', '?')}.",
+        f"- Student: `{arch['backbone']}` ({arch.get('source', '?')}), "
+        f"{'ImageNet-pretrained' if student_cfg.get('pretrained') else 'initialised as configured'}, "
+        f"{arch['num_features']}-d features, heads h_CE = {arch['ce_head']}, h_KD = {arch['kd_head']}, "
+        f"input {size} px.",
+        f"- Method: `{loss.get('method', 'dho')}` (CE weight {loss.get('ce_weight', '?')}, KD weight "
+        f"{loss.get('kd_weight', '?')}, temperature {loss.get('temperature', '?')}).",
+        f"- Data: `{data.get('root', '?')}`; {split.get('labeled', '?')} labeled "
+        f"({labeled_share}), "
+        f"{split.get('unlabeled', '?')} unlabeled, {split.get('val', '?')} validation, {split.get('test', '?')} test "
+        f"images (validation {split.get('val_source', '?')}, test {split.get('test_source', '?')}); "
+        f"split seed {data.get('split_seed', '?')}.",
+        f"- alpha = {alpha:g}, beta = {beta:g}: {selection}.",
+    ]

@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-__all__ = ["NonFiniteLoss", "StopSignals", "TrainingInterrupted"]
+import torch
+
+__all__ = ["BufferGuard", "NonFiniteLoss", "StopSignals", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,10 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        # the handlers signal.signal() replaced, to put back on exit
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
-    def __enter__(self) -> StopSignals:  # noqa: PYI034
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -71,3 +76,21 @@ class StopSignals:
         self.signum = signum
         log.warning("%s: finishing this step, then saving the training state (send it again to stop at once)",
                     signal.Signals(signum).name)
+
+
+class BufferGuard:
+    """The module's buffers (BatchNorm statistics) as they were before a step's forward pass, which
+    updates them before its loss can be checked: a non-finite loss puts them back, so the state
+    saved then is the last good one, untouched."""
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        self.buffers = list(module.buffers()) if module is not None else []
+        self.kept = [b.detach().clone() for b in self.buffers]
+
+    def keep(self) -> None:
+        for kept, b in zip(self.kept, self.buffers):
+            kept.copy_(b)
+
+    def restore(self) -> None:
+        for kept, b in zip(self.kept, self.buffers):
+            b.copy_(kept)

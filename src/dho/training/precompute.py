@@ -1,7 +1,7 @@
 """Teacher outputs computed ahead of training, in parallel, for every view a set of runs will draw.
 
 Views are pure functions of (seed, sample id, view), so the requests can be listed from the run
-configs alone (:func:`dho.plan.planned_views`), computed in worker processes of one thread each
+configs alone (:func:`dho.training.plan.planned_views`), computed in worker processes of one thread each
 and stored once (:class:`~dho.teachers.store.TeacherStore`). ``dho cache-teacher`` does this for
 one run config, ``dho sweep`` for a grid; training replays the store (``teacher.cache=DIR``).
 """
@@ -18,17 +18,17 @@ from pathlib import Path
 
 import torch
 
-from .config import DataConfig, RunConfig
-from .data.images import apply_crop, crop_params, decode_image, eval_view
-from .data.splits import SplitManifest, splits_for
-from .losses import METHOD_SPECS
-from .pool import executor, shards
-from .precision import precision_name, resolve_precision
-from .teachers import Teacher, TeacherOutput, build_teacher
-from .teachers.cache import TeacherCache
-from .teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices, eval_key
+from ..config import DataConfig, RunConfig
+from ..data.images import apply_crop, crop_params, decode_image, eval_view
+from ..data.manifest import SplitManifest
+from ..data.splits import splits_for
+from ..device import free_cores, precision_name, resolve_precision
+from ..methods import METHOD_SPECS
+from ..teachers import Teacher, TeacherOutput, build_teacher
+from ..teachers.cache import TeacherCache
+from ..teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices, eval_key
 from .plan import planned_views, training_view_size
-from .train import free_cores
+from .pool import executor, shards
 
 __all__ = ["base_teacher_config", "cache_teacher", "fill_teacher_cache", "store_info", "store_path", "teacher_requests"]
 
@@ -84,6 +84,7 @@ def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], tor
             if seed is None:
                 images.append(eval_view(image, teacher.image_size))
             else:
+                assert view is not None  # a training view's request has both a crop seed and a view
                 params = crop_params(seed, path, view, image.shape[1], image.shape[2], cfg.optim.crop_scale)
                 images.append(apply_crop(image, params, view_size))
         by_size: dict[int, list[int]] = {}

@@ -8,7 +8,7 @@
     previous/   the state before it: when ``last`` is damaged, resuming falls back to it (a warning)
     best/       with ``eval.keep=best``: the best student so far, a checkpoint ``dho eval`` reads
 
-Every directory is written atomically with a completeness marker (:mod:`dho.atomic`). Restoring
+Every directory is written atomically with a completeness marker (:mod:`dho.files`). Restoring
 the student, AdamW, the schedule and every RNG (Python, NumPy, torch, CUDA), with the data streams
 started at the saved step, continues the run bitwise on the CPU.
 """
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import MARKER, DamagedCheckpoint, read_marker, write_dir_atomic
+from ..files import MARKER, DamagedCheckpoint, read_marker, write_dir_atomic
 
-__all__ = ["TrainState", "config_changes", "discard_state", "load_state", "save_state"]
+__all__ = ["BestEpoch", "TrainState", "config_changes", "discard_state", "load_state", "save_state"]
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,32 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
 
 
+@dataclass
+class BestEpoch:
+    """The best epoch so far by validation accuracy (``eval.keep=best``): its score, epoch, step and
+    the student's weights then (None before the first validation)."""
+
+    val: float = -1.0
+    epoch: int | None = None
+    step: int | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What is written beside checkpoints: everything but the weights."""
+        return {"val": self.val, "epoch": self.epoch, "step": self.step}
+
+
 # ---- writing --------------------------------------------------------------------------------
 def save_state(root: str | Path, *, step: int, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, best: dict, classes: list[str], config: dict, reason: str) -> Path:
-    """Write ``root/last`` (the old ``last`` becomes ``previous``) after ``step`` completed steps.
-
-    ``best`` is the best-so-far record: ``val``, ``epoch``, ``step`` and ``state`` (the best
-    student's state dict, or None).
-    """
+               scheduler: Any, best: BestEpoch, classes: list[str], config: dict, reason: str) -> Path:
+    """Write ``root/last`` (the old ``last`` becomes ``previous``) after ``step`` completed steps,
+    with the best-so-far record ``best`` (its student's weights included)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
         "format": "dho-train-state", "format_version": 1, "step": step, "reason": reason, "classes": list(classes),
-        "config": config, "best": {k: v for k, v in best.items() if k != "state"},
+        "config": config, "best": best.record(),
         "model": _split(student.state_dict(), "model", tensors),
-        "best_model": _split(best["state"], "best_model", tensors) if best.get("state") is not None else None,
+        "best_model": _split(best.state, "best_model", tensors) if best.state is not None else None,
         "optimizer": _split(optimizer.state_dict(), "optimizer", tensors),
         "scheduler": _split(scheduler.state_dict(), "scheduler", tensors),
         "rng": _split(_rng_state(), "rng", tensors),
@@ -169,7 +181,7 @@ class TrainState:
             raise ValueError(f"cannot resume from {self.path}: the config changed since the run started ("
                              + "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "") + ")")
 
-    def restore(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
+    def restore(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> BestEpoch:
         """Load student, optimiser, schedule and every RNG; returns the best-so-far record."""
         s, t = self.skeleton, self.tensors
         student.load_state_dict(_join(s["model"], t), strict=True)
@@ -177,7 +189,8 @@ class TrainState:
         scheduler.load_state_dict(_join(s["scheduler"], t))
         _set_rng_state(_join(s["rng"], t))
         best_state = _join(s["best_model"], t) if s.get("best_model") is not None else None
-        return {**s["best"], "state": best_state}
+        b = s["best"]
+        return BestEpoch(float(b["val"]), b["epoch"], b["step"], best_state)
 
 
 def _read(directory: Path) -> TrainState:
@@ -185,7 +198,7 @@ def _read(directory: Path) -> TrainState:
     try:
         skeleton = json.loads((directory / STATE).read_text())
         tensors = load_file(str(directory / TENSORS))
-    except Exception as err:  # noqa: BLE001 - JSON errors, OSError, safetensors' own SafetensorError
+    except Exception as err:
         raise DamagedCheckpoint(f"{directory} cannot be read ({type(err).__name__}: {err})") from None
     if skeleton.get("format") != "dho-train-state" or skeleton.get("step") != marker.get("step"):
         raise DamagedCheckpoint(f"{directory} is not a dho training state")

@@ -1,0 +1,70 @@
+"""The split manifest: which image of a dataset goes to which split, saved as JSON (never pickled)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..files import write_file_atomic
+
+__all__ = ["SPLITS", "Item", "SplitManifest"]
+
+Item = tuple[str, int]  # (path relative to the dataset root, class index)
+SPLITS = ("labeled", "unlabeled", "val", "test")
+
+
+@dataclass
+class SplitManifest:
+    """Which image goes where. Paths are relative to ``root``; never pickled."""
+
+    root: str
+    classes: list[str]
+    labeled: list[Item]
+    unlabeled: list[Item]
+    val: list[Item]
+    test: list[Item]
+    info: dict = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        return Path(self.root).expanduser() / rel
+
+    def split(self, name: str) -> list[Item]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; choose labeled, unlabeled, val or test")
+        return getattr(self, name)
+
+    def save(self, path: str | Path) -> None:
+        """Write the manifest as JSON, atomically (a reader never sees half a file)."""
+        text = json.dumps(asdict(self), indent=1)
+        write_file_atomic(path, lambda p: p.write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitManifest:
+        """Read a manifest and check it: unique class names, every label a valid class index."""
+        try:
+            data = json.loads(Path(path).read_text())
+            for key in SPLITS:
+                data[key] = [(str(p), int(y)) for p, y in data[key]]
+            manifest = cls(**data)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a valid split manifest ({type(err).__name__}: {err})") from None
+        if len(set(manifest.classes)) != len(manifest.classes):
+            raise ValueError(f"{path}: the class list repeats a name")
+        for key in SPLITS:
+            if any(not 0 <= y < len(manifest.classes) for _, y in manifest.split(key)):
+                raise ValueError(f"{path}: a {key} label is not an index into its {len(manifest.classes)} classes")
+        return manifest
+
+    def differences(self, other: SplitManifest) -> list[str]:
+        """What differs from ``other`` in classes and split membership (the root may move)."""
+        out = [] if self.classes == other.classes else ["the class list or its order"]
+        for key in SPLITS:
+            a, b = set(self.split(key)), set(other.split(key))
+            if a != b:
+                out.append(f"{key}: {len(a - b)} images added, {len(b - a)} gone")
+        return out
+
+    def summary(self) -> str:
+        return (f"{len(self.classes)} classes: {len(self.labeled)} labeled, {len(self.unlabeled)} unlabeled, "
+                f"{len(self.val)} val ({self.info.get('val_source')}), {len(self.test)} test ({self.info.get('test_source')})")
