@@ -325,7 +325,7 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
     if best.state is not None:
         student.load_state_dict(best.state)
         log.info("kept epoch %d (validation %.4f)", best.epoch, best.val)
-    eval_kw = {"batch_size": cfg.eval.batch_size, "device": run.device, "progress": progress and run.ctx.is_main,
+    eval_kw = {"batch_size": cfg.eval.batch_size, "device": run.device, "progress": run.shows(progress),
                "num_workers": cfg.data.num_workers, "collect": partial(_collect, run.ctx)}
     eval_teacher = teacher if cfg.eval.teacher else None
     val_logits = own_size_logits(val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
@@ -337,9 +337,7 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
     val = score(val_logits, student.alpha, student.beta) if val_logits else {}
     results = {"epochs_kept": best.epoch or cfg.optim.epochs, **mix.as_dict(), "test": test, "val": val,
                "teacher": teacher.id, "split": manifest.info}
-    ce, kd = (val_logits.ce, val_logits.kd) if val_logits is not None and student.dual_head else (None, None)
-    if val_logits is not None and ce is not None and kd is not None and len(val_logits.labels):
-        run.dir.write("mixing_grid.csv", partial(write_grid_csv, ce_logits=ce, kd_logits=kd, labels=val_logits.labels))
+    _write_grid(run, student, val_logits)
     run.dir.write("checkpoint", lambda p: save_checkpoint(
         student, p, templates=list(teacher.templates), teacher=teacher.describe(), mixing=mix.as_dict(),
         config=cfg.to_dict(), split=manifest.info, metrics={"test": test.get("mixed", test.get("ce_head"))},
@@ -347,6 +345,13 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
     if run.ctx.is_main:
         log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
     return results
+
+
+def _write_grid(run: Started, student: DualHeadStudent, logits: SplitLogits | None) -> None:
+    """mixing_grid.csv: every (alpha, beta)'s validation accuracy of a dual-head student (the report's heat maps)."""
+    if logits is None or not student.dual_head or logits.ce is None or logits.kd is None or not len(logits.labels):
+        return
+    run.dir.write("mixing_grid.csv", partial(write_grid_csv, ce_logits=logits.ce, kd_logits=logits.kd, labels=logits.labels))
 
 
 def _extras(ctx: DistContext, student: DualHeadStudent, cache_counts: Callable[[], dict[str, int]] | None) -> dict:
