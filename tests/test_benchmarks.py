@@ -75,8 +75,15 @@ def test_small_classes_are_an_explicit_decision(tmp_path):
         splits_for(coop(root, shots=8))
     m = splits_for(coop(root, shots=8, small_classes="take_all"))
     assert len(m.labeled) == 18 and m.unlabeled == []
-    with pytest.raises(ConfigError, match="small_classes=drop works with data.format=folder only"):
-        coop(root, small_classes="drop")
+    split_path = root / "dtd" / "split_zhou_DescribableTextures.json"
+    split = json.loads(split_path.read_text())
+    split["train"] = [row for row in split["train"] if row[2] != "braided" or row[0].endswith(("_00.png", "_01.png"))]
+    split_path.write_text(json.dumps(split))
+    dropped = splits_for(coop(root, shots=3, small_classes="drop"))  # braided has 2 training images left
+    assert dropped.classes == ["banded", "cracked"] and dropped.info["dropped_classes"] == ["braided"]
+    assert {y for _, y in dropped.labeled + dropped.val + dropped.test} == {0, 1} and len(dropped.test) == 4
+    with pytest.raises(ConfigError, match="small_classes=drop cannot change CoOp's draw"):
+        coop(root, small_classes="drop", shot_draw="coop")
 
 
 def test_manifest_cache_is_written_then_reused(tmp_path):

@@ -64,7 +64,7 @@ def test_extract_features_uses_eval_mode_and_restores_training(tiny_cfg):
     bn_before = {k: v.clone() for k, v in student.state_dict().items() if "running_mean" in k}
     student.train()
     feats, labels = extract_features(student, views, batch_size=4)
-    assert feats.shape == (10, student.spec["num_features"]) and feats.dtype == torch.float32
+    assert feats.shape == (10, student.spec.num_features) and feats.dtype == torch.float32
     assert labels.tolist() == [i % 3 for i in range(10)]
     assert student.training
     for k, v in student.state_dict().items():

@@ -132,7 +132,7 @@ def test_clip_tower_student_is_imported_with_a_cosine_kd_head(tmp_path, tiny_cli
     torch.save({"model_state_dict": state, "alpha": 0.5, "beta": 0.5}, tmp_path / "vit.pt")
     import_checkpoint(tmp_path / "vit.pt", tmp_path / "out", tiny_clip, CLASSES, image_size=32)
     ours = load_student(tmp_path / "out")
-    assert ours.spec["source"] == "open_clip" and ours.spec["kd_head"] == "cosine"
+    assert ours.spec.source == "open_clip" and ours.spec.kd_head == "cosine"
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         z = tower(ours.preprocess(x))

@@ -12,7 +12,7 @@ CLASSES = ["a", "b", "c"]
 @pytest.mark.parametrize("backbone,source,dim", [("resnet18", "timm", 512), ("mobilenet_v2", "torchvision", 1280)])
 def test_backbones_by_short_name(backbone, source, dim):
     student = build_student(StudentConfig(backbone=backbone, image_size=32), CLASSES)
-    assert student.spec["source"] == source and student.spec["num_features"] == dim
+    assert student.spec.source == source and student.spec.num_features == dim
     out = student(torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8))
     assert out.features.shape == (2, dim) and out.ce_logits.shape == out.kd_logits.shape == (2, 3)
     assert not torch.equal(out.ce_logits, out.kd_logits)  # independent heads
@@ -65,7 +65,7 @@ def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip)
     cfg = tiny_cfg.override({"student.backbone": tiny_clip, "student.kd_head": "cosine", "student.language_init": True,
                              "optim.epochs": 2})  # the synthetic teacher's 64-d embeddings do not fit the 16-d tower
     student = build_student(StudentConfig(backbone=tiny_clip, source="open_clip", image_size=32), ["a", "b"])
-    assert student.spec["source"] == "open_clip" and student.spec["num_features"] == 16
+    assert student.spec.source == "open_clip" and student.spec.num_features == 16
 
     class Prompts:  # what _student reads from a teacher
         class_embeddings = torch.zeros(4, 64)
@@ -97,7 +97,7 @@ def test_clip_tower_student_at_another_size_keeps_its_grid_through_a_checkpoint(
     cfg = StudentConfig(backbone=tiny_clip, source="open_clip", image_size=48, weights=str(tmp_path / "tiny.pt"))
     student = build_student(cfg, ["a", "b"]).eval()
     assert student.backbone.positional_embedding.shape[0] == (48 // 16) ** 2 + 1
-    assert student.spec["timm_kwargs"] == {"image_size": 48}
+    assert student.spec.timm_kwargs == {"image_size": 48}
     images = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
     save_checkpoint(student, tmp_path / "ckpt", classes=["a", "b"])
     caplog.clear()
@@ -137,7 +137,7 @@ def test_cosine_head_bias_sits_inside_the_scale_as_in_the_authors_code():
     torch.testing.assert_close(plain.bias.grad, torch.full((3,), 5.0))
     torch.testing.assert_close(head.weight.grad, plain.weight.grad)
     student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine"), CLASSES)
-    assert student.spec["cosine_bias"] == "scaled" and student.kd_head.scale_bias
+    assert student.spec.cosine_bias == "scaled" and student.kd_head.scale_bias
 
 
 def test_separate_forwards_give_each_stream_its_own_batchnorm_statistics():
@@ -171,7 +171,7 @@ def test_torchvision_mobilenet_v2_keeps_only_its_feature_layers():
     kept = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", image_size=32, keep_dropout=True),
                          CLASSES)
     assert any(isinstance(m, torch.nn.Dropout) for m in kept.backbone.modules())
-    assert kept.spec["timm_kwargs"] == {"keep_dropout": True}
+    assert kept.spec.timm_kwargs == {"keep_dropout": True}
 
 
 def test_language_init_takes_the_raw_mean_of_the_prompt_embeddings():

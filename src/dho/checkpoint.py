@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,10 +18,35 @@ from safetensors.torch import load_file, save_file
 from .files import DamagedCheckpoint, file_digest, write_file_atomic
 from .students import DualHeadStudent, student_from_spec
 
-__all__ = ["FORMAT_VERSION", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
+__all__ = ["FORMAT_VERSION", "CheckpointMeta", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
 
 FORMAT_VERSION = 1
 WEIGHTS, METADATA = "model.safetensors", "model.json"
+
+
+class CheckpointMeta(TypedDict, total=False):
+    """``model.json``: what a checkpoint says of itself. The first group is always there; a
+    training run adds the rest (``save_checkpoint``'s ``metadata``)."""
+
+    format: str  # "dho-student"
+    format_version: int
+    classes: list[str]
+    architecture: dict[str, Any]  # StudentSpec.to_dict()
+    normalization: dict[str, Any]
+    input_size: int
+    alpha: float
+    beta: float
+    dual_head: bool
+    versions: dict[str, str]
+    weights_sha256: str
+    templates: list[str]
+    teacher: dict[str, Any]  # Teacher.describe()
+    mixing: dict[str, Any]  # MixRecord, or what `dho tune` chose
+    config: dict[str, Any]  # RunConfig.to_dict()
+    split: dict[str, Any]  # SplitInfo
+    metrics: dict[str, Any]
+    scores: dict[str, Any]
+    imported: dict[str, Any]  # a checkpoint of the authors' code brought in by `dho import`
 
 
 def versions() -> dict[str, str]:
@@ -52,19 +77,19 @@ def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata:
     directory.mkdir(parents=True, exist_ok=True)
     weights, meta_path = _paths(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    meta = {
+    meta = cast(CheckpointMeta, {  # ``metadata`` may replace any entry but the weights' digest
         "format": "dho-student", "format_version": FORMAT_VERSION, "classes": student.classnames,
-        "architecture": student.spec, "normalization": student.preprocess.describe(),
+        "architecture": student.spec.to_dict(), "normalization": student.preprocess.describe(),
         "input_size": student.preprocess.size, "alpha": student.alpha, "beta": student.beta,
         "dual_head": student.dual_head, "versions": versions(), **metadata,
-    }
+    })
     write_file_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "dho-student"}))
     meta["weights_sha256"] = file_digest(weights)
     write_file_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
     return directory
 
 
-def load_metadata(path: str | Path) -> dict:
+def load_metadata(path: str | Path) -> CheckpointMeta:
     _, meta_path = _paths(path)
     if not meta_path.is_file():
         raise FileNotFoundError(f"no checkpoint metadata at {str(meta_path)!r}")
@@ -74,7 +99,7 @@ def load_metadata(path: str | Path) -> dict:
         raise DamagedCheckpoint(f"{meta_path} is not valid JSON (damaged or cut short)") from None
     if not isinstance(meta, dict) or meta.get("format") != "dho-student":
         raise ValueError(f"{meta_path} is not a dho student checkpoint")
-    return meta
+    return cast(CheckpointMeta, meta)
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> DualHeadStudent:
@@ -105,5 +130,6 @@ def update_mixing(path: str | Path, alpha: float, beta: float, **info: Any) -> N
     """Record new (alpha, beta) in a checkpoint's metadata (weights untouched)."""
     _, meta_path = _paths(path)
     meta = load_metadata(path)
-    meta.update(alpha=float(alpha), beta=float(beta), **info)
+    meta["alpha"], meta["beta"] = float(alpha), float(beta)
+    cast(dict, meta).update(info)
     write_file_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))

@@ -187,8 +187,9 @@ class DataConfig:
         if self.format != "folder":
             if self.skip_bad:
                 raise ConfigError("data.skip_bad works with data.format=folder only")
-            if self.small_classes == "drop":
-                raise ConfigError("data.small_classes=drop works with data.format=folder only; use take_all or error")
+            if self.small_classes == "drop" and (self.shot_draw == "coop" or self.fewshot_file):
+                raise ConfigError("data.small_classes=drop cannot change CoOp's draw (data.shot_draw=coop, "
+                                  "data.fewshot_file): use take_all or error")
         if self.low_shot == "file" and self.shots is None and not self.subset_file:
             raise ConfigError("data.low_shot=file needs data.subset_file (one image file name a line)")
         if self.fewshot_file and (self.format == "folder" or self.shots is None):

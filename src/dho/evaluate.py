@@ -3,7 +3,9 @@ chosen on its validation logits (:func:`tune_mixing`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import Tensor
@@ -17,7 +19,10 @@ from .mixing import Mix, default_alpha, mix_probs, search_mixing
 from .students import DualHeadStudent
 from .teachers import Teacher
 
-__all__ = ["SplitLogits", "collect_logits", "head_agreement", "own_size_logits", "score", "tune_mixing"]
+if TYPE_CHECKING:
+    from .data import ImageStore
+
+__all__ = ["Scores", "SplitLogits", "collect_logits", "head_agreement", "own_size_logits", "score", "tune_mixing"]
 
 
 @dataclass
@@ -56,8 +61,8 @@ def collect_logits(views: Dataset, student: DualHeadStudent | None = None, teach
     return SplitLogits(torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), cat(ce), cat(kd), cat(tl))
 
 
-def own_size_logits(store, student: DualHeadStudent, teacher: Teacher | None = None, collect=collect_logits,
-                    **kw) -> SplitLogits:
+def own_size_logits(store: ImageStore, student: DualHeadStudent, teacher: Teacher | None = None,
+                    collect: Callable[..., SplitLogits] = collect_logits, **kw: Any) -> SplitLogits:
     """Logits of every image of ``store`` (an ImageStore), each model on centre crops at its own
     input size, as each is used on its own: the student's are those its exported graph gives.
     ``collect`` runs one model over views (``collect_logits``, or a distributed version of it)."""
@@ -82,10 +87,21 @@ def head_agreement(ce: Tensor, kd: Tensor, labels: Tensor) -> dict[str, int]:
     }
 
 
-def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = None) -> dict:
+class Scores(TypedDict, total=False):
+    """A split's accuracies as fractions in [0, 1] (results.json's ``test`` and ``val``)."""
+
+    n: int
+    ce_head: float
+    kd_head: float
+    mixed: float  # the mix at the run's alpha/beta
+    teacher: float
+    agreement: dict[str, int]  # both right / only CE / only KD / both wrong (head_agreement)
+
+
+def score(logits: SplitLogits, alpha: float | None = None, beta: float | None = None) -> Scores:
     """Accuracies as fractions in [0, 1]: ``ce_head``, ``kd_head``, ``mixed`` (with alpha/beta),
     ``teacher``; plus head agreement counts when both heads are present."""
-    out: dict = {"n": len(logits.labels)}
+    out = Scores(n=len(logits.labels))
     if logits.ce is not None:
         assert logits.kd is not None  # a student's pass gives both heads' logits
         out["ce_head"] = _accuracy(logits.ce, logits.labels)

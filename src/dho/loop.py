@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,8 +29,9 @@ from .backbones import clip_student, student_text_embeddings
 from .checkpoint import save_checkpoint
 from .config import RunConfig
 from .data import EvalViews, ImageStore, SplitManifest
+from .data.manifest import SplitInfo
 from .device import autocast
-from .evaluate import SplitLogits, collect_logits, own_size_logits, score, tune_mixing
+from .evaluate import Scores, SplitLogits, collect_logits, own_size_logits, score, tune_mixing
 from .gradients import gradient_conflict
 from .heads import HeadOutput
 from .losses import method_loss
@@ -50,15 +51,34 @@ from .training.setup import Started, build_streams, choose_backward, load_splits
 from .training.state import BestEpoch
 from .training.stopping import BufferGuard, NonFiniteLoss, StopSignals, TrainingInterrupted
 
-__all__ = ["RunResult", "train"]
+__all__ = ["RunResult", "RunResults", "train"]
 
 log = logging.getLogger(__name__)
+
+
+class RunResults(TypedDict, total=False):
+    """A finished run's ``results.json`` (written last: its presence marks the run complete)."""
+
+    method: str
+    steps: int
+    epochs_kept: int  # the epoch whose weights were kept (the best on validation, or the last)
+    alpha: float
+    beta: float
+    selection: str  # how alpha/beta were chosen (Mix.selection)
+    val_mixed: float  # the chosen mix's validation accuracy, when searched
+    test: Scores
+    val: Scores
+    teacher: str  # the teacher's id
+    split: SplitInfo
+    wall_time_s: float
+    teacher_cache: dict[str, int]  # hits and misses of a replayed teacher
+    distributed: dict[str, Any]  # world size and each replica's weight checksum
 
 
 @dataclass
 class RunResult:
     run_dir: Path
-    results: dict[str, Any]  # as results.json
+    results: RunResults  # as results.json
     student: DualHeadStudent
 
 
@@ -151,9 +171,9 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     bar.close()
 
     # ---- finish: the best epoch back, alpha/beta on validation, test scored once, checkpoint ------
-    results = {"method": cfg.loss.method, "steps": steps,
-               **_finish(cfg, run, student, teacher, manifest, best, store, val_store, progress),
-               "wall_time_s": round(time.time() - started, 2), **_extras(run.ctx, student, cache_counts)}
+    results = RunResults(method=cfg.loss.method, steps=steps,
+                         **_finish(cfg, run, student, teacher, manifest, best, store, val_store, progress),
+                         wall_time_s=round(time.time() - started, 2), **_extras(run.ctx, student, cache_counts))
     run.dir.write_json("results.json", results)  # last: a finished run has one
     run.dir.finish()
     return RunResult(run.dir.path, results, student)
@@ -319,13 +339,13 @@ def _validate(cfg: RunConfig, run: Started, views: EvalViews, student: DualHeadS
 # ---- finish -------------------------------------------------------------------------------------
 def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Teacher, manifest: SplitManifest,
             best: BestEpoch, store: Callable[..., ImageStore], val_store: ImageStore | None,
-            progress: bool) -> dict[str, Any]:
+            progress: bool) -> RunResults:
     """Restore the best epoch, choose alpha/beta on validation, score the test split once (each
     model at its own input size), write mixing_grid.csv and checkpoint/; what results.json records of it."""
     if best.state is not None:
         student.load_state_dict(best.state)
         log.info("kept epoch %d (validation %.4f)", best.epoch, best.val)
-    eval_kw = {"batch_size": cfg.eval.batch_size, "device": run.device, "progress": run.shows(progress),
+    eval_kw: dict[str, Any] = {"batch_size": cfg.eval.batch_size, "device": run.device, "progress": run.shows(progress),
                "num_workers": cfg.data.num_workers, "collect": partial(_collect, run.ctx)}
     eval_teacher = teacher if cfg.eval.teacher else None
     val_logits = own_size_logits(val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
@@ -335,8 +355,8 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
     test_logits = own_size_logits(test_store, student, eval_teacher, desc="test", **eval_kw) if test_store else None
     test = score(test_logits, student.alpha, student.beta) if test_logits is not None else {}
     val = score(val_logits, student.alpha, student.beta) if val_logits else {}
-    results = {"epochs_kept": best.epoch or cfg.optim.epochs, **mix.as_dict(), "test": test, "val": val,
-               "teacher": teacher.id, "split": manifest.info}
+    results = RunResults(epochs_kept=best.epoch or cfg.optim.epochs, **mix.as_dict(), test=test, val=val,
+                         teacher=teacher.id, split=manifest.info)
     _write_grid(run, student, val_logits)
     run.dir.write("checkpoint", lambda p: save_checkpoint(
         student, p, templates=list(teacher.templates), teacher=teacher.describe(), mixing=mix.as_dict(),
@@ -354,10 +374,10 @@ def _write_grid(run: Started, student: DualHeadStudent, logits: SplitLogits | No
     run.dir.write("mixing_grid.csv", partial(write_grid_csv, ce_logits=logits.ce, kd_logits=logits.kd, labels=logits.labels))
 
 
-def _extras(ctx: DistContext, student: DualHeadStudent, cache_counts: Callable[[], dict[str, int]] | None) -> dict:
+def _extras(ctx: DistContext, student: DualHeadStudent, cache_counts: Callable[[], dict[str, int]] | None) -> RunResults:
     """The teacher cache's hits and misses of this run; under torchrun each replica's weight
     checksum (equal checksums = replicas in sync)."""
-    out: dict[str, Any] = {}
+    out = RunResults()
     if cache_counts is not None:
         out["teacher_cache"] = cache_counts()
     if ctx.enabled:

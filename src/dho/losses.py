@@ -7,6 +7,7 @@ streams, heads and teacher outputs a method needs, so the training loop stays th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +62,15 @@ def feature_kd(projected: Tensor, teacher_features: Tensor, weight: float) -> Te
     return weight * diff.pow(2).sum(-1).mean()
 
 
-def _labeled_unlabeled(fn, num_labeled: int, n: int, reduction: str, *tensors: Tensor) -> Tensor:
+def _labeled_unlabeled(fn: Callable[..., Tensor], num_labeled: int, n: int, reduction: str, *tensors: Tensor) -> Tensor:
     """fn over all rows ("mean") or fn(labeled rows) + fn(unlabeled rows) ("sum", the authors' code)."""
     if reduction == "mean":
         return fn(*tensors)
     parts = [(a, b) for a, b in ((0, num_labeled), (num_labeled, n)) if b > a]
-    return sum(fn(*(t[a:b] for t in tensors)) for a, b in parts)
+    total = fn(*(t[parts[0][0]:parts[0][1]] for t in tensors))
+    for a, b in parts[1:]:
+        total = total + fn(*(t[a:b] for t in tensors))
+    return total
 
 
 def dho_loss(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from .files import write_text_atomic
 if TYPE_CHECKING:
     from .config import RunConfig
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "Mix", "MixingResult", "default_alpha", "head_probs", "mix_probs", "mixing_grid",
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "Mix", "MixRecord", "MixingResult", "default_alpha", "head_probs", "mix_probs", "mixing_grid",
            "search_mixing", "write_grid_csv"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
@@ -99,6 +99,15 @@ def default_alpha(cfg: RunConfig) -> float:
     return 0.2 if cfg.teacher.adapter != "none" else 0.4
 
 
+class MixRecord(TypedDict, total=False):
+    """A :class:`Mix` as results.json and checkpoints record it."""
+
+    alpha: float
+    beta: float
+    selection: str
+    val_mixed: float  # only when searched
+
+
 @dataclass(frozen=True)
 class Mix:
     """A run's alpha/beta and how they were chosen; ``val_mixed`` is the validation accuracy of the
@@ -109,9 +118,9 @@ class Mix:
     selection: str
     val_mixed: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> MixRecord:
         """As results.json and checkpoints record it (``val_mixed`` only when searched)."""
-        out: dict[str, Any] = {"alpha": self.alpha, "beta": self.beta, "selection": self.selection}
+        out = MixRecord(alpha=self.alpha, beta=self.beta, selection=self.selection)
         if self.val_mixed is not None:
             out["val_mixed"] = self.val_mixed
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from .heads import HeadOutput, TextHead, build_head, init_head_from_embeddings
 from .mixing import mix_probs
 from .preprocess import Preprocess
 
-__all__ = ["DualHeadStudent", "Prediction", "build_student", "student_from_spec"]
+__all__ = ["DualHeadStudent", "Prediction", "StudentSpec", "assemble_student", "build_student", "student_from_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,12 @@ class DualHeadStudent(nn.Module):
     add a linear ``projector`` z -> teacher feature space; a ``TextHead`` as h_CE reads its output."""
 
     def __init__(self, backbone: nn.Module, preprocess: Preprocess, ce_head: nn.Module,
-                 kd_head: nn.Module | None, spec: dict, classnames: Sequence[str],
+                 kd_head: nn.Module | None, spec: StudentSpec, classnames: Sequence[str],
                  projector: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.preprocess, self.ce_head, self.kd_head = backbone, preprocess, ce_head, kd_head
         self.projector = projector
-        self.spec = dict(spec)
+        self.spec = spec
         self.classnames = list(classnames)
         self.alpha, self.beta = (0.5, 1.0) if kd_head is not None else (1.0, 1.0)
         self.frozen_backbone = False
@@ -128,88 +128,121 @@ class DualHeadStudent(nn.Module):
         return Prediction(idx, probs_all, names)
 
 
+@dataclass(frozen=True)
+class StudentSpec:
+    """The architecture of a student, as its checkpoint records it (``model.json``'s
+    ``architecture``): enough to rebuild it offline with random weights."""
+
+    backbone: str
+    source: str
+    num_features: int
+    num_classes: int
+    ce_head: str  # a head kind, or "text" (a frozen cosine classifier over class embeddings)
+    kd_head: str | None  # None: a single-head student
+    projector_dim: int | None
+    zeta: float
+    cosine_normalize_weight: bool
+    cosine_bias: str
+    mlp_dropout: float
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    timm_kwargs: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentSpec:
+        """A checkpoint's record; one written before ``cosine_bias`` existed added the bias unscaled."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("cosine_bias", "unscaled")
+        values.setdefault("projector_dim", None)
+        try:
+            return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a student architecture record ({type(err).__name__}: {err})") from None
+
+
 def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: bool = True,
                   class_embeddings: Tensor | None = None, projector_dim: int | None = None,
                   text_head: bool = False) -> DualHeadStudent:
-    """The configured backbone with fresh heads for ``classnames``.
+    """The configured backbone (with its pretrained weights) and fresh heads for ``classnames``.
 
     ``projector_dim``: add a linear projector to a teacher feature space of that size (feature KD);
     ``text_head``: h_CE is the frozen cosine classifier over ``class_embeddings`` [C, projector_dim]
     applied to the projector's output (a student trained by feature KD alone predicts so)."""
+    if text_head and (not projector_dim or class_embeddings is None or class_embeddings.shape[-1] != projector_dim):
+        raise ValueError("a text head needs a projector and class embeddings of the projector's size")
     backbone, num_features, norm = create_backbone(cfg.backbone, cfg.source, cfg.pretrained, cfg.weights,
                                                    image_size=cfg.image_size, quick_gelu=cfg.quick_gelu,
                                                    torchvision_weights=cfg.torchvision_weights,
                                                    keep_dropout=cfg.keep_dropout)
-    num_classes = len(classnames)
-    projector = nn.Linear(num_features, projector_dim) if projector_dim else None
-    if text_head and (projector is None or class_embeddings is None or class_embeddings.shape[-1] != projector_dim):
-        raise ValueError("a text head needs a projector and class embeddings of the projector's size")
-
-    def head(kind: str) -> nn.Module:
-        return build_head(kind, num_features, num_classes, zeta=cfg.zeta, normalize_weight=cfg.cosine_normalize_weight,
-                          dropout=cfg.mlp_dropout, scale_bias=cfg.cosine_bias == "scaled")
-
-    if text_head:
-        assert class_embeddings is not None  # checked above
-        ce_head: nn.Module = TextHead(class_embeddings, cfg.zeta)
-    else:
-        ce_head = head(cfg.ce_head)
-    kd_head = head(cfg.kd_head) if dual_head else None
+    spec = StudentSpec(
+        backbone=cfg.backbone, source=resolve_source(cfg.backbone, cfg.source), num_features=num_features,
+        num_classes=len(classnames), ce_head="text" if text_head else cfg.ce_head,
+        kd_head=cfg.kd_head if dual_head else None, projector_dim=projector_dim or None, zeta=cfg.zeta,
+        cosine_normalize_weight=cfg.cosine_normalize_weight, cosine_bias=cfg.cosine_bias, mlp_dropout=cfg.mlp_dropout,
+        image_size=cfg.image_size, mean=tuple(norm["mean"]), std=tuple(norm["std"]), timm_kwargs=norm["timm_kwargs"])
+    student = assemble_student(backbone, spec, classnames, class_embeddings if text_head else None)
     if cfg.language_init and not text_head:
         if class_embeddings is None:
             log.warning("student.language_init is set but the teacher gave no class embeddings")
         else:
-            done = [init_head_from_embeddings(h, class_embeddings) for h in (ce_head, kd_head) if h is not None]
+            heads = (student.ce_head, student.kd_head)
+            done = [init_head_from_embeddings(h, class_embeddings) for h in heads if h is not None]
             if not all(done):
                 log.warning("language-aware init skipped: teacher embeddings %s vs student features %d",
                             tuple(class_embeddings.shape), num_features)
-    spec = {
-        "backbone": cfg.backbone, "source": resolve_source(cfg.backbone, cfg.source), "num_features": num_features,
-        "num_classes": num_classes, "ce_head": "text" if text_head else cfg.ce_head,
-        "kd_head": cfg.kd_head if dual_head else None, "projector_dim": projector_dim,
-        "zeta": cfg.zeta, "cosine_normalize_weight": cfg.cosine_normalize_weight, "cosine_bias": cfg.cosine_bias,
-        "mlp_dropout": cfg.mlp_dropout,
-        "image_size": cfg.image_size, "mean": list(norm["mean"]), "std": list(norm["std"]),
-        "timm_kwargs": norm["timm_kwargs"],
-    }
-    preprocess = Preprocess(norm["mean"], norm["std"], cfg.image_size)
+    return student
+
+
+def assemble_student(backbone: nn.Module, spec: StudentSpec, classnames: Sequence[str],
+                     text_embeddings: Tensor | None = None) -> DualHeadStudent:
+    """The one place a student is put together: ``backbone`` and the heads ``spec`` describes
+    (fresh weights; a text head over ``text_embeddings``, or zeros a checkpoint will fill)."""
+    if spec.num_classes != len(classnames):
+        raise ValueError(f"{len(classnames)} class names for a student of {spec.num_classes} classes")
+
+    def head(kind: str) -> nn.Module:
+        return build_head(kind, spec.num_features, spec.num_classes, zeta=spec.zeta,
+                          normalize_weight=spec.cosine_normalize_weight, dropout=spec.mlp_dropout,
+                          scale_bias=spec.cosine_bias == "scaled")
+
+    projector = nn.Linear(spec.num_features, spec.projector_dim) if spec.projector_dim else None
+    if spec.ce_head == "text":
+        if spec.projector_dim is None:
+            raise ValueError("a text head reads a projector's output: the spec needs projector_dim")
+        embeddings = text_embeddings if text_embeddings is not None else torch.zeros(spec.num_classes, spec.projector_dim)
+        ce_head: nn.Module = TextHead(embeddings, spec.zeta)
+    else:
+        ce_head = head(spec.ce_head)
+    kd_head = head(spec.kd_head) if spec.kd_head else None
+    preprocess = Preprocess(spec.mean, spec.std, spec.image_size)
     return DualHeadStudent(backbone, preprocess, ce_head, kd_head, spec, classnames, projector)
 
 
 class _AboutToBeLoaded(logging.Filter):
     """open_clip warns that a model built without weights is random: not so for one rebuilt to
-    receive a checkpoint's weights. open_clip (3.x) logs through the root logger, so the filter sits
-    there while the model is built, and drops that one open_clip record only."""
+    receive a checkpoint's weights. open_clip (3.x) logs through the root logger (``logging.warning``),
+    not a logger of its own, so the filter sits there while the model is built and drops that one
+    open_clip record only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ours = f"{os.sep}open_clip{os.sep}" in record.pathname and "initialized randomly" in record.getMessage()
         return not ours
 
 
-def student_from_spec(spec: dict, classnames: Sequence[str]) -> DualHeadStudent:
+def student_from_spec(spec: StudentSpec | dict, classnames: Sequence[str]) -> DualHeadStudent:
     """Rebuild the architecture recorded in a checkpoint (random weights, nothing downloaded)."""
-    root, quiet = logging.getLogger(), _AboutToBeLoaded()
-    root.addFilter(quiet)
+    spec = spec if isinstance(spec, StudentSpec) else StudentSpec.from_dict(spec)
+    logger, quiet = logging.getLogger(), _AboutToBeLoaded()
+    logger.addFilter(quiet)
     try:
-        backbone, num_features, _ = create_backbone(spec["backbone"], spec["source"], pretrained=False,
-                                                    timm_kwargs=spec.get("timm_kwargs"))
+        backbone, num_features, _ = create_backbone(spec.backbone, spec.source, pretrained=False, timm_kwargs=spec.timm_kwargs)
     finally:
-        root.removeFilter(quiet)
-    if num_features != spec["num_features"]:
-        raise ValueError(f"backbone {spec['backbone']} has {num_features} features, checkpoint says {spec['num_features']}")
-
-    def head(kind: str) -> nn.Module:  # checkpoints from before cosine_bias existed added the bias unscaled
-        return build_head(kind, num_features, spec["num_classes"], zeta=spec["zeta"],
-                          normalize_weight=spec["cosine_normalize_weight"], dropout=spec["mlp_dropout"],
-                          scale_bias=spec.get("cosine_bias", "unscaled") == "scaled")
-
-    kd_head = head(spec["kd_head"]) if spec.get("kd_head") else None
-    dim = spec.get("projector_dim")
-    projector = nn.Linear(num_features, dim) if dim else None
-    if spec["ce_head"] == "text":
-        assert dim is not None  # a text head reads the projector's output, so the checkpoint has a projector_dim
-        ce_head: nn.Module = TextHead(torch.zeros(spec["num_classes"], dim), spec["zeta"])
-    else:
-        ce_head = head(spec["ce_head"])
-    preprocess = Preprocess(spec["mean"], spec["std"], spec["image_size"])
-    return DualHeadStudent(backbone, preprocess, ce_head, kd_head, spec, classnames, projector)
+        logger.removeFilter(quiet)
+    if num_features != spec.num_features:
+        raise ValueError(f"backbone {spec.backbone} has {num_features} features, checkpoint says {spec.num_features}")
+    return assemble_student(backbone, spec, classnames)

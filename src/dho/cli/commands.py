@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..files import write_text_atomic
 
@@ -40,11 +42,11 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-def _pct(value) -> str:
+def _pct(value: float | None) -> str:
     return f"{100 * value:6.2f}%" if isinstance(value, float) else "     -"
 
 
-def _print_scores(title: str, scores: dict) -> None:
+def _print_scores(title: str, scores: Mapping[str, Any]) -> None:
     print(title)
     for key in ("mixed", "ce_head", "kd_head", "teacher"):
         if key in scores:

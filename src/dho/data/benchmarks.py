@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .folders import list_classes, scan_folder
+from .manifest import SplitInfo
 
 __all__ = ["DATASETS", "Benchmark", "Pools", "read_pools"]
 
@@ -58,7 +59,8 @@ class Pools:
     train: list[Item]
     val: list[Item]
     test: list[Item]
-    info: dict = field(default_factory=dict)
+    info: SplitInfo = field(default_factory=lambda: SplitInfo())
+    draw_keys: list[str] | None = None  # each class's key in the seeded draws; None = its label
 
 
 def _dataset_dir(root: Path, bench: Benchmark, marker: str) -> Path:

@@ -16,7 +16,18 @@ from .decode import BadImage
 from .images import apply_crop, crop_params, decode_image, eval_view
 from .manifest import Item, SplitManifest
 
-__all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews"]
+__all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews", "eval_key", "view_key"]
+
+
+# The names of a sample's views in teacher caches and stores: the one key format of the package.
+def view_key(seed: int, sample_id: str, view: int) -> str:
+    """A training view: the crop of ``sample_id`` drawn from (``seed``, ``view``)."""
+    return f"{seed}/{sample_id}#{view}"
+
+
+def eval_key(size: int, sample_id: str) -> str:
+    """An evaluation view: the resized centre crop of ``sample_id`` at ``size`` pixels."""
+    return f"eval{size}/{sample_id}"
 
 
 class ImageStore:
@@ -62,7 +73,7 @@ class TrainViews(Dataset):
 
     The crop is a pure function of (seed, sample id, view) with view = pass, or pass % num_views
     when a finite number of views per image is wanted (so teacher outputs can be replayed). The
-    view key "<seed>/<sample id>#<view>" names it for caches.
+    view key (:func:`view_key`) names it for caches.
     """
 
     def __init__(self, store: ImageStore, size: int, scale: tuple[float, float], seed: int, num_views: int | None = None) -> None:
@@ -77,7 +88,7 @@ class TrainViews(Dataset):
         view = epoch % self.num_views if self.num_views else epoch
         image, sample_id = self.store.image(index), self.store.sample_id(index)
         params = crop_params(self.seed, sample_id, view, image.shape[1], image.shape[2], self.scale)
-        return apply_crop(image, params, self.size), self.store.labels[index], f"{self.seed}/{sample_id}#{view}"
+        return apply_crop(image, params, self.size), self.store.labels[index], view_key(self.seed, sample_id, view)
 
 
 class EvalViews(Dataset):

@@ -5,13 +5,39 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 from ..files import write_file_atomic
 
-__all__ = ["SPLITS", "Item", "SplitManifest"]
+__all__ = ["SPLITS", "Item", "SplitInfo", "SplitManifest"]
 
 Item = tuple[str, int]  # (path relative to the dataset root, class index)
 SPLITS = ("labeled", "unlabeled", "val", "test")
+
+
+class SplitInfo(TypedDict, total=False):
+    """How a manifest was drawn (``splits.json``'s ``info``, results.json's ``split``)."""
+
+    seed: int
+    shots: int | None
+    fraction: float | None
+    protocol: str  # e.g. "caltech101 16-shot, seed 1, val full"
+    shot_draw: str
+    source: str  # the split list or folder the pools came from
+    format: str
+    dataset: str
+    wnids: list[str]
+    variant: str
+    train_source: str
+    val_source: str
+    test_source: str
+    subset_file: str
+    fewshot_file: str
+    max_unlabeled: int
+    dropped_classes: list[str]
+    class_subset: list[int]  # evaluation scores these class indices only
+    bad_files: list[dict[str, Any]]  # images left out (data.skip_bad)
+    overlaps: int  # images found in two splits
 
 
 @dataclass
@@ -24,7 +50,7 @@ class SplitManifest:
     unlabeled: list[Item]
     val: list[Item]
     test: list[Item]
-    info: dict = field(default_factory=dict)
+    info: SplitInfo = field(default_factory=lambda: SplitInfo())
 
     def path(self, rel: str) -> Path:
         return Path(self.root).expanduser() / rel

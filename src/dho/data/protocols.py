@@ -1,6 +1,9 @@
-"""The paper's split protocols over benchmark pools: K shots per class per seed (CoOp), the low-shot
-ImageNet subsets (the SimCLR 1% / 10% lists, or the DHO code's balanced random draw), and the two
-validation rules. The result is an ordinary :class:`SplitManifest`, optionally cached as JSON."""
+"""The split engine: labeled / unlabeled / validation / test drawn from a dataset's pools, for
+ImageFolder trees and benchmarks alike. K shots per class per seed (each class on its own, or
+CoOp's sequential draw), the low-shot ImageNet subsets (the SimCLR 1% / 10% lists, or the DHO
+code's balanced random draw), the two validation rules, the small-class policy and the unlabeled
+cap. Every draw is a pure function of (seed, rule, class key, the class's files). The result is an
+ordinary :class:`SplitManifest`, optionally cached as JSON."""
 
 from __future__ import annotations
 
@@ -8,15 +11,19 @@ import hashlib
 import json
 import logging
 import random
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .benchmarks import Pools, read_pools
 from .coop_files import read_coop_fewshot
-from .manifest import SplitManifest
+from .manifest import SplitInfo, SplitManifest
 
-__all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "coop_fewshot", "protocol_manifest", "read_subset_file"]
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+__all__ = ["AUTHORS_SUBSET_SEED", "benchmark_manifest", "carve", "coop_fewshot", "protocol_manifest", "read_subset_file"]
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +32,40 @@ AUTHORS_SUBSET_SEED = 13  # numpy seed of the DHO code's balanced low-shot Image
 COOP_VAL_SHOTS = 4  # CoOp validates on min(K, 4) shots per class
 
 
+def _order(item: Item) -> tuple:
+    """Label, then path by its parts (the order of a sorted directory walk)."""
+    return item[1], PurePosixPath(item[0]).parts
+
+
 def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:
     groups: list[list[Item]] = [[] for _ in range(num_classes)]
     for item in items:
         groups[item[1]].append(item)
-    return [sorted(g) for g in groups]
+    return [sorted(g, key=_order) for g in groups]
 
 
 def _draw(group: list[Item], k: int, seed: int, tag: str) -> tuple[list[Item], list[Item]]:
     """(k drawn, the rest) of one class, a pure function of (seed, tag, the class's files)."""
     order = list(group)
     random.Random(f"{seed}|{tag}").shuffle(order)
-    return sorted(order[:k]), sorted(order[k:])
+    return sorted(order[:k], key=_order), sorted(order[k:], key=_order)
+
+
+def _carve_count(n: int, fraction: float) -> int:
+    """How many of a class's n images a carved split takes: round(n * fraction), at least 1,
+    always leaving 1; none when fraction is 0."""
+    return min(n - 1, max(1, round(n * fraction))) if n > 1 and fraction > 0 else 0
+
+
+def carve(groups: list[list[Item]], fraction: float, seed: int, tag: str, keys: list[str]) -> tuple[list[list[Item]], list[Item]]:
+    """(what each class keeps, what is carved from all of them): ``fraction`` of each class
+    (:func:`_carve_count`), drawn per class by (seed, tag, the class's key)."""
+    kept, carved = [], []
+    for g, key in zip(groups, keys):
+        taken, rest = _draw(g, _carve_count(len(g), fraction), seed, f"{tag}|{key}")
+        kept.append(rest)
+        carved += taken
+    return kept, carved
 
 
 def coop_fewshot(rows: list[Item], k: int, rng: random.Random) -> list[Item]:
@@ -110,89 +139,101 @@ def _authors_counts(groups: list[list[Item]], fraction: float) -> list[int]:
     return counts
 
 
-def protocol_manifest(pools: Pools, data) -> SplitManifest:
+def protocol_manifest(pools: Pools, data: DataConfig) -> SplitManifest:
     """Labeled / unlabeled / validation / test from ``pools`` as ``data`` (a DataConfig) describes.
 
     Labeled: ``shots`` per class, each class drawn on its own (``shot_draw: dho``) or by CoOp's
     sequential draw over the split list (``coop``); or, low-shot, ``fraction`` of each class
     (``low_shot: per_class``), the images of ``subset_file`` (``file``) or the DHO code's balanced
     draw (``authors``). Unlabeled: the rest of train. Validation: the whole val split (``val_shots:
-    full``) or min(K, 4) per class of it (``coop``); a dataset without one (ImageNet) carves it
-    from the training images never labeled: ``val_fraction`` per class, or min(K, 4) per class."""
+    full``) or min(K, 4) per class of it (``coop``); a dataset without one carves it from the
+    training images never labeled: ``val_fraction`` per class, or min(K, 4) per class. A class with
+    fewer training images than it labels follows ``small_classes``. Each class's draws are keyed by
+    ``pools.draw_keys`` (folder trees: the class name; benchmarks: the label)."""
     seed, n = data.split_seed, len(pools.classes)
-    info: dict = {"seed": seed, "shots": data.shots, "fraction": data.fraction, "protocol": _protocol_name(data),
-                  "shot_draw": data.shot_draw, **pools.info, "test_source": "the test split"}
+    keys = list(pools.draw_keys) if pools.draw_keys is not None else [str(c) for c in range(n)]
+    info: SplitInfo = {"seed": seed, "shots": data.shots, "fraction": data.fraction, "protocol": _protocol_name(data),
+                  "shot_draw": data.shot_draw, "test_source": "the test split", **pools.info}
     train = _by_class(pools.train, n)
     rng = random.Random(seed)  # shot_draw=coop: one generator, the labeled draw first, then val
     drawn: set[Item] = set()
     coop_val = None
+    where = info.get("train_source", "the train split")
     if data.fewshot_file:
         labeled_list, coop_val = read_coop_fewshot(data.fewshot_file, pools.train, pools.val)
         drawn = set(labeled_list)
         _check_file_shots(pools.classes, [len(g) for g in train], drawn, data)
         info["fewshot_file"] = str(data.fewshot_file)
     elif data.shot_draw == "coop":
-        _check_small(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes)
+        assert data.shots is not None  # DataConfig: CoOp's draw needs data.shots
+        _small_classes(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes, where)
         drawn = set(coop_fewshot(pools.train, data.shots, rng))
-    val = _validation(pools, train, data, rng, drawn, info, coop_val)
+    val = _validation(pools, train, data, rng, drawn, info, keys, coop_val)
     counts = _labeled_counts(pools, train, data, drawn, info)
-    _check_small(pools.classes, [len(g) for g in train], counts, data.small_classes)
+    classes, test = list(pools.classes), list(pools.test)
+    dropped = _small_classes(classes, [len(g) for g in train], counts, data.small_classes, where)
+    if dropped:
+        info["dropped_classes"] = [classes[c] for c in dropped]
+        keep = [c for c in range(n) if c not in dropped]
+        relabel = {old: new for new, old in enumerate(keep)}
+        train = [[(p, relabel[y]) for p, y in train[c]] for c in keep]
+        val, test = ([(p, relabel[y]) for p, y in items if y in relabel] for items in (val, test))
+        classes, counts, keys = [classes[c] for c in keep], [counts[c] for c in keep], [keys[c] for c in keep]
     labeled, unlabeled = [], []
     for c, (g, k) in enumerate(zip(train, counts)):
         if data.shot_draw != "coop" and not data.fewshot_file and (data.shots is not None or data.low_shot == "per_class"):
-            a, b = _draw(g, min(k, len(g)), seed, f"shots|{c}")
+            a, b = _draw(g, min(k, len(g)), seed, f"shots|{keys[c]}")
         else:  # the chosen images are first in each group
-            a, b = sorted(g[:k]), sorted(g[k:])
+            a, b = sorted(g[:k], key=_order), sorted(g[k:], key=_order)
         labeled += a
         unlabeled += b
     if data.max_unlabeled is not None:
-        keep = min(1.0, data.max_unlabeled / max(1, len(unlabeled)))
-        groups = _by_class(unlabeled, n)
-        unlabeled = [it for c, g in enumerate(groups) for it in _draw(g, round(len(g) * keep), seed, f"unlabeled|{c}")[0]]
+        keep_share = min(1.0, data.max_unlabeled / max(1, len(unlabeled)))
+        groups = _by_class(unlabeled, len(classes))
+        unlabeled = [it for c, g in enumerate(groups) for it in _draw(g, round(len(g) * keep_share), seed, f"unlabeled|{keys[c]}")[0]]
         info["max_unlabeled"] = data.max_unlabeled
-    by_class = lambda it: (it[1], it[0])
-    manifest = SplitManifest(str(pools.image_root.resolve()), list(pools.classes), sorted(labeled, key=by_class),
-                             sorted(unlabeled, key=by_class), val, list(pools.test), info)
+    manifest = SplitManifest(str(pools.image_root.resolve()), classes, sorted(labeled, key=_order),
+                             sorted(unlabeled, key=_order), val, test, info)
     log.info("%s: %s", info["protocol"], manifest.summary())
     return manifest
 
 
-def _validation(pools: Pools, train: list[list[Item]], data, rng: random.Random, drawn: set[Item], info: dict,
-                coop_val: list[Item] | None = None) -> list[Item]:
+def _validation(pools: Pools, train: list[list[Item]], data: DataConfig, rng: random.Random, drawn: set[Item], info: SplitInfo,
+                keys: list[str], coop_val: list[Item] | None = None) -> list[Item]:
     """The validation images: from the val split (``coop_val``: those CoOp's file names), or carved
     out of ``train`` (which loses them) where there is none, never from images labeled by a subset
     file or CoOp's draw (``drawn``)."""
     seed, k_val = data.split_seed, min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
     if pools.val:
         if data.val_shots == "coop" and coop_val is not None:
-            info["val_source"] = f"the {len(coop_val)} val images of {Path(data.fewshot_file).name}"
+            info["val_source"] = f"the {len(coop_val)} val images of {Path(str(data.fewshot_file)).name}"
             return coop_val
         if data.val_shots == "coop" and data.shot_draw == "coop":
             info["val_source"] = f"{k_val} per class of the val split (CoOp's draw)"
             return coop_fewshot(pools.val, k_val, rng)
         if data.val_shots == "coop":
             info["val_source"] = f"{k_val} per class of the val split"
-            return [it for c, g in enumerate(_by_class(pools.val, len(train))) for it in _draw(g, k_val, seed, f"val|{c}")[0]]
-        info["val_source"] = "the val split"
+            return [it for c, g in enumerate(_by_class(pools.val, len(train))) for it in _draw(g, k_val, seed, f"val|{keys[c]}")[0]]
+        info.setdefault("val_source", "the val split")
         return list(pools.val)
     val: list[Item] = []
-    listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" else set()
+    listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" and data.subset_file else set()
     for c, g in enumerate(train):
         free = [it for it in g if Path(it[0]).name not in listed and it not in drawn]
-        if data.val_shots == "coop":
-            k = min(k_val, len(free) - 1)
-        else:
-            k = min(len(free) - 1, max(1, round(len(free) * data.val_fraction))) if data.val_fraction > 0 else 0
-        picked = _draw(free, max(k, 0), seed, f"val|{c}")[0]
+        k = min(k_val, len(free) - 1) if data.val_shots == "coop" else _carve_count(len(free), data.val_fraction)
+        picked = _draw(free, max(k, 0), seed, f"val|{keys[c]}")[0]
         taken = set(picked)
         train[c] = [it for it in g if it not in taken]
         val += picked
-    info["val_source"] = (f"{k_val} per class carved from train" if data.val_shots == "coop"
-                          else f"carved {data.val_fraction:g} per class from train")
+    source = info.get("train_source", "train")
+    if data.val_shots == "coop":
+        info["val_source"] = f"{k_val} per class carved from {source}"
+    else:
+        info["val_source"] = f"carved {data.val_fraction:g} per class from {source}" if data.val_fraction > 0 else "none"
     return val
 
 
-def _labeled_counts(pools: Pools, train: list[list[Item]], data, drawn: set[Item], info: dict) -> list[int]:
+def _labeled_counts(pools: Pools, train: list[list[Item]], data: DataConfig, drawn: set[Item], info: SplitInfo) -> list[int]:
     """How many images of each class are labeled; a subset rule (CoOp's draw, a subset file, the
     balanced draw) also moves its chosen images to the front of each group."""
     if data.shot_draw == "coop" or data.fewshot_file:
@@ -201,7 +242,9 @@ def _labeled_counts(pools: Pools, train: list[list[Item]], data, drawn: set[Item
         return [sum(it in drawn for it in g) for g in train]
     if data.shots is not None:
         return [data.shots] * len(train)
+    assert data.fraction is not None  # DataConfig: one of shots and fraction is set
     if data.low_shot == "file":
+        assert data.subset_file is not None  # DataConfig: low_shot=file needs it
         info["subset_file"] = str(data.subset_file)
         return _labeled_from_file(train, data.subset_file, pools.classes)
     if data.low_shot == "authors":
@@ -209,17 +252,32 @@ def _labeled_counts(pools: Pools, train: list[list[Item]], data, drawn: set[Item
     return [max(1, round(len(g) * data.fraction)) for g in train]
 
 
-def _check_small(classes: list[str], sizes: list[int], counts: list[int], policy: str) -> None:
-    small = [(classes[c], have, k) for c, (have, k) in enumerate(zip(sizes, counts)) if have < k]
-    if small and policy != "take_all":
-        name, have, k = small[0]
-        raise ValueError(f"class {name!r} has {have} training images, fewer than shots={k}"
-                         f"{f' (so do {len(small) - 1} more)' if len(small) > 1 else ''}; set data.small_classes=take_all")
+def _small_classes(classes: list[str], sizes: list[int], counts: list[int], policy: str, where: str) -> list[int]:
+    """Classes with fewer training images than they label; an error unless ``policy`` says what to
+    do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have."""
+    small = [(c, have, k) for c, (have, k) in enumerate(zip(sizes, counts)) if have < k]
+    if not small:
+        return []
+    (first_c, have, k), rest = small[0], [repr(classes[c]) for c, _, _ in small[1:]]
+    first = (f"class {classes[first_c]!r} has no training images in {where}" if have == 0
+             else f"class {classes[first_c]!r} has {have} training images, fewer than shots={k}")
+    more = f" (so do {', '.join(rest[:5])}{', ...' if len(rest) > 5 else ''})" if rest else ""
+    if policy == "error":
+        raise ValueError(f"{first}{more}; set data.small_classes=drop or take_all to train anyway")
+    if policy == "drop" and len(small) == len(classes):
+        raise ValueError(f"no class would be left: {first}{more}")
+    if policy == "take_all":
+        log.warning("%s%s: labeling all of them (data.small_classes=take_all)", first, more)
+        return []
+    log.warning("%s%s: leaving %s out of the task (data.small_classes=drop)", first, more,
+                "it" if not rest else f"these {len(small)} classes")
+    return [c for c, _, _ in small]
 
 
-def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], data) -> None:
+def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], data: DataConfig) -> None:
     """CoOp's file must hold ``data.shots`` images of each class (of a smaller class, some: CoOp
     may have drawn it with replacement)."""
+    assert data.shots is not None  # DataConfig: a CoOp file needs data.shots
     counts = [0] * len(classes)
     for _, y in drawn:
         counts[y] += 1
@@ -231,7 +289,7 @@ def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], da
                          f"{f' (nor does it for {len(wrong) - 1} more)' if len(wrong) > 1 else ''}")
 
 
-def _protocol_name(data) -> str:
+def _protocol_name(data: DataConfig) -> str:
     if data.shots is not None:
         what = f"{data.shots}-shot"
     else:
@@ -241,14 +299,14 @@ def _protocol_name(data) -> str:
     return f"{data.dataset or data.format} {what}{draw}, seed {data.split_seed}, val {data.val_shots}"
 
 
-def _cache_key(data) -> str:
+def _cache_key(data: DataConfig) -> str:
     fields = ("format", "dataset", "root", "split_file", "shots", "fraction", "split_seed", "val_shots", "val_fraction",
               "low_shot", "subset_file", "max_unlabeled", "small_classes", "shot_draw", "fewshot_file")
     text = json.dumps({f: getattr(data, f) for f in fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def benchmark_manifest(data) -> SplitManifest:
+def benchmark_manifest(data: DataConfig) -> SplitManifest:
     """The manifest of a benchmark-format DataConfig. With ``data.manifest_dir`` it is read from
     there when it was drawn before (same data settings) and written there otherwise."""
     path = None

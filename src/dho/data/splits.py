@@ -3,68 +3,28 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Collection
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
+from .benchmarks import Pools
 from .folders import list_classes, scan_folder
-from .manifest import SPLITS, Item, SplitManifest
+from .manifest import SPLITS, Item, SplitInfo, SplitManifest
+from .protocols import benchmark_manifest, carve, protocol_manifest
 
-__all__ = ["SPLITS", "SplitManifest", "folder_manifest", "make_splits", "splits_for"]
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+__all__ = ["SPLITS", "SplitManifest", "folder_manifest", "folder_pools", "make_splits", "splits_for"]
 
 log = logging.getLogger(__name__)
-
-def _shuffled(items: list[Path], seed: int, tag: str) -> list[Path]:
-    out = list(items)
-    random.Random(f"{seed}|{tag}").shuffle(out)
-    return out
-
-
-def _carve(files: dict[str, list[Path]], fraction: float, seed: int, tag: str) -> tuple[dict, dict]:
-    """Split each class into (kept, carved) with round(n * fraction) carved, at least 1 if n > 1."""
-    kept, carved = {}, {}
-    for name, paths in files.items():
-        order = _shuffled(paths, seed, f"{tag}|{name}")
-        n = min(len(order) - 1, max(1, round(len(order) * fraction))) if len(order) > 1 and fraction > 0 else 0
-        carved[name], kept[name] = sorted(order[:n]), sorted(order[n:])
-    return kept, carved
-
-
-def _small_classes(pool: dict[str, list[Path]], shots: int | None, fraction: float | None, policy: str,
-                   where: Path) -> list[str]:
-    """Classes with fewer training images than the labeled count; an error unless ``policy`` says
-    what to do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have."""
-    small = []
-    for name, paths in pool.items():
-        # shots None: fraction is the labeled share (DataConfig requires one of them)
-        k = shots if shots is not None else max(1, round(len(paths) * float(cast(float, fraction))))
-        if len(paths) < k:
-            small.append((name, len(paths), k))
-    if not small:
-        return []
-    (name, n, k), rest = small[0], [repr(c) for c, _, _ in small[1:]]
-    first = f"class {name!r} has no training images in {where}" if n == 0 else \
-        f"class {name!r} has {n} training images, fewer than shots={k}"
-    more = f" (so do {', '.join(rest[:5])}{', ...' if len(rest) > 5 else ''})" if rest else ""
-    if policy == "error":
-        raise ValueError(f"{first}{more}; set data.small_classes=drop or take_all to train anyway")
-    if policy == "drop" and len(small) == len(pool):
-        raise ValueError(f"no class would be left: {first}{more}")
-    if policy == "take_all":
-        log.warning("%s%s: labeling all of them (data.small_classes=take_all)", first, more)
-        return []
-    log.warning("%s%s: leaving %s out of the task (data.small_classes=drop)", first, more,
-                "it" if not rest else f"these {len(small)} classes")
-    return [c for c, _, _ in small]
-
 
 def make_splits(
     root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
     val_fraction: float = 0.1, test_fraction: float = 0.2, max_unlabeled: int | None = None,
     small_classes: str = "error", exclude: Collection[str] = (),
 ) -> SplitManifest:
-    """Split an ImageFolder tree.
+    """Split an ImageFolder tree (the keyword arguments are :class:`dho.config.DataConfig`'s).
 
     ``root`` holds train/ (and optionally val/, test/), or directly the class folders, in which
     case test (``test_fraction``) and validation are carved per class. A missing val/ is carved
@@ -75,6 +35,18 @@ def make_splits(
     (the class leaves the task) or ``take_all`` (all its images are labeled). ``exclude`` lists
     files (relative to ``root``) to leave out, e.g. undecodable ones.
     """
+    from ..config import DataConfig
+
+    data = DataConfig(root=str(root), shots=shots, fraction=fraction, split_seed=seed, val_fraction=val_fraction,
+                      test_fraction=test_fraction, max_unlabeled=max_unlabeled,
+                      small_classes=cast(Any, small_classes))
+    return protocol_manifest(folder_pools(root, seed, test_fraction, exclude), data)
+
+
+def folder_pools(root: str | Path, seed: int, test_fraction: float, exclude: Collection[str] = ()) -> Pools:
+    """An ImageFolder tree as train / val / test pools for the split engine: train/, val/ and test/
+    when they exist; without test/, ``test_fraction`` of each class carved by ``seed``. Draws are
+    keyed by class name, so a class's images do not move when other classes come or go."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
@@ -82,57 +54,22 @@ def make_splits(
     classes = list_classes(train_dir)
     skip = {Path(root, p).resolve() for p in exclude}
 
-    def scan(folder: Path) -> dict[str, list[Path]]:
+    def scan(folder: Path) -> list[list[Item]]:
         found = scan_folder(folder, classes)
-        return {c: [p for p in paths if p.resolve() not in skip] for c, paths in found.items()} if skip else found
+        return [[(p.relative_to(root).as_posix(), c) for p in found[name] if not skip or p.resolve() not in skip]
+                for c, name in enumerate(classes)]
 
-    pool = scan(train_dir)
-    info: dict = {"seed": seed, "shots": shots, "fraction": fraction}
-
+    train = scan(train_dir)
+    info = SplitInfo(train_source=f"{train_dir.name}/")
     if (root / "test").is_dir() and train_dir != root:
-        test, info["test_source"] = scan(root / "test"), "test/"
+        test, info["test_source"] = [it for g in scan(root / "test") for it in g], "test/"
     else:
-        pool, test = _carve(pool, test_fraction, seed, "test")
+        train, test = carve(train, test_fraction, seed, "test", classes)
         info["test_source"] = f"carved {test_fraction:g} per class from {train_dir.name}/"
+    val: list[Item] = []
     if (root / "val").is_dir() and train_dir != root:
-        val, info["val_source"] = scan(root / "val"), "val/"
-    elif val_fraction > 0:
-        pool, val = _carve(pool, val_fraction, seed, "val")
-        info["val_source"] = f"carved {val_fraction:g} per class from {train_dir.name}/"
-    else:
-        val, info["val_source"] = {c: [] for c in classes}, "none"
-
-    dropped = _small_classes(pool, shots, fraction, small_classes, train_dir)
-    if dropped:
-        classes = [c for c in classes if c not in dropped]
-        pool, val, test = ({c: files[c] for c in classes} for files in (pool, val, test))
-        info["dropped_classes"] = dropped
-    labeled, unlabeled = _draw_labeled(pool, shots, fraction, max_unlabeled, seed)
-    if max_unlabeled is not None:
-        info["max_unlabeled"] = max_unlabeled
-
-    def items(files: dict[str, list[Path]]) -> list[Item]:
-        return [(p.relative_to(root).as_posix(), classes.index(c)) for c in classes for p in files[c]]
-
-    manifest = SplitManifest(str(root.resolve()), classes, items(labeled), items(unlabeled), items(val), items(test), info)
-    log.info("split %s: %s", root, manifest.summary())
-    return manifest
-
-
-def _draw_labeled(pool: dict[str, list[Path]], shots: int | None, fraction: float | None, max_unlabeled: int | None,
-                  seed: int) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Labeled = ``shots`` (or ``fraction``) of each class's pool, drawn by seed; unlabeled = the rest,
-    or a class-balanced ``max_unlabeled`` of it."""
-    labeled, unlabeled = {}, {}
-    for name, paths in pool.items():
-        k = min(len(paths), shots if shots is not None else max(1, round(len(paths) * float(cast(float, fraction)))))
-        order = _shuffled(paths, seed, f"shots|{name}")
-        labeled[name], unlabeled[name] = sorted(order[:k]), sorted(order[k:])
-    if max_unlabeled is not None:
-        total = sum(len(v) for v in unlabeled.values())
-        keep = min(1.0, max_unlabeled / max(1, total))
-        unlabeled = {c: sorted(_shuffled(v, seed, f"unlabeled|{c}")[:round(len(v) * keep)]) for c, v in unlabeled.items()}
-    return labeled, unlabeled
+        val, info["val_source"] = [it for g in scan(root / "val") for it in g], "val/"
+    return Pools(root, classes, [it for g in train for it in g], val, test, info=info, draw_keys=classes)
 
 
 def folder_manifest(root: str | Path, classes: list[str], folders: list[str] | None = None) -> SplitManifest:
@@ -150,14 +87,12 @@ def folder_manifest(root: str | Path, classes: list[str], folders: list[str] | N
     return SplitManifest(str(root.resolve()), list(classes), [], [], [], items, {"test_source": str(root)})
 
 
-def splits_for(data) -> SplitManifest:
+def splits_for(data: DataConfig) -> SplitManifest:
     """The splits a :class:`dho.config.DataConfig` describes: a benchmark's protocol
     (:func:`dho.data.protocols.benchmark_manifest`) or an ImageFolder tree's split. With ``skip_bad`` every image is
     checked first (:func:`dho.data.audit.bad_files`) and the undecodable ones are left out; the
     manifest's ``info["bad_files"]`` lists them."""
     if data.format != "folder":
-        from .protocols import benchmark_manifest
-
         return benchmark_manifest(data)
     bad = []
     if data.skip_bad:
@@ -167,10 +102,7 @@ def splits_for(data) -> SplitManifest:
         if bad:
             log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
                         len(bad), bad[0]["path"], bad[0]["error"])
-    manifest = make_splits(data.root, shots=data.shots, fraction=data.fraction, seed=data.split_seed,
-                           val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                           max_unlabeled=data.max_unlabeled, small_classes=data.small_classes,
-                           exclude=[b["path"] for b in bad])
+    manifest = protocol_manifest(folder_pools(data.root, data.split_seed, data.test_fraction, [b["path"] for b in bad]), data)
     if bad:
         manifest.info["bad_files"] = bad
     return manifest

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .images import IMAGE_EXTENSIONS
-from .manifest import SplitManifest
+from .manifest import SplitInfo, SplitManifest
 
 __all__ = ["VARIANTS", "imagenet_wnids", "mask_logits", "subset_wnids", "variant_manifest"]
 
@@ -80,7 +80,7 @@ def variant_manifest(name: str, root: str | Path, classes: list[str], wnids: lis
         items += [(p.relative_to(images).as_posix(), label) for p in _images(images / folder)]
     if not items:
         raise ValueError(f"no images found under {images}")
-    info: dict = {"test_source": f"{name} at {images}", "variant": name}
+    info: SplitInfo = {"test_source": f"{name} at {images}", "variant": name}
     if name in SUBSETS:
         subset = subset_wnids(name)
         stray = sorted(set(folders) - set(subset))

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,7 +206,7 @@ def _split_features(student: DualHeadStudent, manifest: SplitManifest, split: st
 
 def linear_eval_run(run_dir: str | Path, data_root: str | Path | None = None,
                     train_split: str = "labeled+unlabeled", batch_size: int = 256, progress: bool = False,
-                    *, test_split: str = "test", device: str | torch.device = "cpu", **linear_kw) -> dict:
+                    *, test_split: str = "test", device: str | torch.device = "cpu", **linear_kw: Any) -> dict:
     """Linear evaluation of a trained run's frozen backbone on fully labeled data.
 
     ``run_dir`` is a run directory or its ``checkpoint`` directory. Training features come from
@@ -218,7 +219,7 @@ def linear_eval_run(run_dir: str | Path, data_root: str | Path | None = None,
     x_test, y_test = _split_features(student, manifest, test_split, batch_size, device, progress)
     result = linear_eval(x_train, y_train, x_test, y_test, len(manifest.classes), **linear_kw)
     result = {**result, "train_split": train_split, "test_split": test_split,
-              "backbone": student.spec.get("backbone"), "input_size": student.preprocess.size}
+              "backbone": student.spec.backbone, "input_size": student.preprocess.size}
     write_text_atomic(run / "linear_eval.json", json.dumps(result, indent=1))
     return result
 
@@ -302,5 +303,5 @@ def tsne_run(run_dir: str | Path, path: str | Path | None = None, split: str = "
     run, student, manifest = _load_run(run_dir, data_root, device)
     feats, labels = _split_features(student, manifest, split, batch_size, device, progress)
     path = run / f"tsne_{split.replace('+', '_')}.png" if path is None else Path(path)
-    title = f"t-SNE of {student.spec.get('backbone')} features ({split} split)"
+    title = f"t-SNE of {student.spec.backbone} features ({split} split)"
     return tsne_plot(feats, labels, manifest.classes, path, max_points=max_points, seed=seed, title=title)

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .tables import (
     LABELS,
@@ -26,6 +26,10 @@ from .tables import (
     teacher_labels,
     write_tables,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "METHOD_ORDER", "conflict_table", "load_results", "plot_accuracy_vs_shots", "plot_agreement", "plot_conflict",
@@ -48,7 +52,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize, dpi=120)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -57,7 +61,7 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _shots_axis(ax, shots: list[int | float]) -> None:
+def _shots_axis(ax: Axes, shots: list[int | float]) -> None:
     """log2 axis for K-shot sweeps, log10 for labeled fractions spanning a decade, else linear."""
     if all(isinstance(s, int) and s >= 1 for s in shots):
         ax.set_xscale("log", base=2)
@@ -147,14 +151,14 @@ def plot_mixing_heatmap(run_dir: Path | str, path: Path | str) -> Path | None:
     return _save(fig, path)
 
 
-def _agreement_runs(rows_or_run_dirs) -> list[tuple[str, Path]]:
+def _agreement_runs(rows_or_run_dirs: Iterable[Mapping[str, Any]] | Iterable[str | Path]) -> list[tuple[str, Path]]:
     """(label, run dir) from result rows ("dho 16-shot"), a {label: run dir} mapping, or run dirs."""
     if isinstance(rows_or_run_dirs, Mapping):
         return [(label, Path(d)) for label, d in rows_or_run_dirs.items()]
     items = list(rows_or_run_dirs)
-    if not all(isinstance(i, dict) for i in items):
-        return [(Path(d).name, Path(d)) for d in items]
-    rows = [r for r in items if r.get("run_dir")]
+    if not all(isinstance(i, Mapping) for i in items):
+        return [(Path(d).name, Path(d)) for d in items if isinstance(d, (str, Path))]
+    rows = [r for r in items if isinstance(r, Mapping) and r.get("run_dir")]
     many_teachers = len({r["teacher"] for r in rows}) > 1
     many_seeds = len({r["seed"] for r in rows}) > 1
     out = []
@@ -232,7 +236,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"
 
 
-def _run(rows: list[dict], **match) -> dict | None:
+def _run(rows: list[dict], **match: Any) -> dict | None:
     """The first row with a run directory matching every ``key=value``."""
     return next((r for r in rows if r["run_dir"] and all(r[k] == v for k, v in match.items())), None)
 

@@ -34,20 +34,21 @@ import torch
 import yaml
 
 from ..config import ConfigError, RunConfig
+from ..data.datasets import eval_key
 from ..data.manifest import SplitManifest
 from ..device import free_cores
 from ..evaluate import SplitLogits, score
 from ..files import write_file_atomic, write_text_atomic
-from ..loop import train
+from ..loop import RunResults, train
 from ..methods import METHODS
 from ..teachers import Teacher, build_teacher
 from ..teachers.cache import TeacherCache
-from ..teachers.fewshot import FewShotTeacher, eval_key, fit_fewshot_teacher
+from ..teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 from ..teachers.tip_adapter import TipAdapter
 from ..training.plan import training_view_size
 from ..training.pool import executor
 from ..training.precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
-from ..training.state import load_state
+from ..training.state import config_changes, load_state
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
@@ -122,7 +123,7 @@ def _worker_cache(cfg: RunConfig, cache_path: Path) -> tuple[Teacher, TeacherCac
     return _WORKER_STATE["teacher"], _WORKER_STATE["cache"]
 
 
-def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> dict:
+def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> RunResults:
     teacher, cache = _worker_cache(cfg, cache_path)
     if adapter_state is not None:
         teacher = FewShotTeacher(teacher, TipAdapter.from_state(adapter_state))
@@ -141,6 +142,22 @@ def _resumable(cfg: RunConfig) -> bool:
         log.warning("%s: not resuming its saved state (%s); training it from the start", cfg.out, err)
         return False
     return state is not None
+
+
+def _finished(cfg: RunConfig) -> bool:
+    """Whether ``cfg.out`` holds this very run, finished. A run finished with other settings is an
+    error (its results would be passed off as this sweep's), not something to overwrite."""
+    run_dir = Path(cfg.out)
+    if not (run_dir / "results.json").is_file():
+        return False
+    saved_path = run_dir / "config.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changes = config_changes(saved, cfg.to_dict(), saved_keys_only=True)
+        if changes:
+            raise ConfigError(f"{run_dir} finished with other settings ({'; '.join(changes[:2])}); "
+                              "give the sweep another output directory, or delete that run")
+    return True
 
 
 def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitManifest) -> float:
@@ -192,7 +209,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
         "shots": list(sweep.shots), "seeds": list(sweep.seeds),
         "teacher_methods": {k: list(v) for k, v in sweep.teacher_methods.items()}}, "run": base.to_dict()}, sort_keys=False))
     cfgs = sweep.runs(base, out)
-    todo = {key: cfg for key, cfg in cfgs.items() if not (Path(cfg.out) / "results.json").is_file()}
+    todo = {key: cfg for key, cfg in cfgs.items() if not _finished(cfg)}
     log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
     workers = sweep.workers or free_cores()
     cache_path = store_path(out, base)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ..config import RunConfig
 from ..evaluate import collect_logits, score
 
 __all__ = ["zeroshot_accuracy"]
 
 
-def zeroshot_accuracy(cfg, split: str = "test", *, progress: bool = False) -> dict:
+def zeroshot_accuracy(cfg: RunConfig, split: str = "test", *, progress: bool = False) -> dict:
     """The teacher's zero-shot accuracy on one split of ``cfg.data`` (a RunConfig)."""
     from ..data import EvalViews, ImageStore
     from ..data.splits import splits_for

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_metadata, load_student
+from ..checkpoint import CheckpointMeta, load_metadata, load_student
 from ..students import DualHeadStudent, Prediction
 
 __all__ = ["DHOClassifier"]
@@ -25,9 +25,9 @@ class DHOClassifier:
     checkpoint's tuned alpha/beta unless given.
     """
 
-    def __init__(self, student: DualHeadStudent, metadata: dict | None = None) -> None:
+    def __init__(self, student: DualHeadStudent, metadata: CheckpointMeta | None = None) -> None:
         self.student = student.eval()
-        self.metadata = metadata or {}
+        self.metadata: CheckpointMeta = metadata or CheckpointMeta()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> DHOClassifier:
@@ -60,5 +60,5 @@ class DHOClassifier:
     __call__ = predict
 
     def __repr__(self) -> str:
-        return (f"DHOClassifier({self.student.spec['backbone']}, {len(self.classes)} classes, "
+        return (f"DHOClassifier({self.student.spec.backbone}, {len(self.classes)} classes, "
                 f"{self.input_size} px, alpha={self.alpha:.2f}, beta={self.beta:.2f})")

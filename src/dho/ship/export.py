@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import CheckpointMeta
 from ..mixing import head_probs, mix_probs
 from ..students import DualHeadStudent
 from .model_card import ExportResult, write_model_card
@@ -84,7 +86,7 @@ def _export_torchscript(model: MixedClassifier, example: Tensor, path: Path) -> 
     traced.save(str(path))
 
 
-def load_exported(path: str | Path):
+def load_exported(path: str | Path) -> Callable[[Tensor], Tensor]:
     """A callable: uint8 images [N, 3, S, S] (CPU) -> mixed probabilities [N, C], for a written export."""
     path = Path(path)
     if path.suffix == ".onnx":
@@ -108,7 +110,7 @@ def run_exported(path: str | Path, images: Tensor) -> Tensor:
     return load_exported(path)(images)
 
 
-def images_per_second(fn, images: Tensor, rounds: int = 5) -> float:
+def images_per_second(fn: Callable[[Tensor], Any], images: Tensor, rounds: int = 5) -> float:
     """Median throughput of ``fn(images)`` over ``rounds`` calls after one warm-up call."""
     fn(images)
     times = []
@@ -147,7 +149,7 @@ def export_student(student: DualHeadStudent, out: str | Path, fmt: str, check_im
     return ExportResult(out, fmt, diff, len(check_images), out.stat().st_size)
 
 
-def _check_images(checkpoint: str | Path, meta: dict, size: int, paths: list[str] | None, split: str, count: int) -> Tensor:
+def _check_images(checkpoint: str | Path, meta: CheckpointMeta, size: int, paths: list[str] | None, split: str, count: int) -> Tensor:
     """uint8 [N, 3, S, S] real images to verify an export on: given files, else the run's split."""
     from ..data import EvalViews, ImageStore
     from ..data.images import decode_image, eval_view
@@ -162,7 +164,7 @@ def _check_images(checkpoint: str | Path, meta: dict, size: int, paths: list[str
     return torch.stack([views[i][0] for i in range(len(views))])
 
 
-def _teacher_speed(meta: dict, images: Tensor) -> tuple[float | str, str]:
+def _teacher_speed(meta: CheckpointMeta, images: Tensor) -> tuple[float | str, str]:
     """The teacher's images/s on these images (rebuilt from the run's config), or why not."""
     from ..config import RunConfig
     from ..teachers import build_teacher

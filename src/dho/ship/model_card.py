@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import CheckpointMeta
 from ..files import write_text_atomic
 
 __all__ = ["ExportResult", "checkpoint_scores", "write_model_card"]
@@ -24,7 +25,7 @@ class ExportResult:
     bytes: int
 
 
-def checkpoint_scores(checkpoint: str | Path, meta: dict) -> dict:
+def checkpoint_scores(checkpoint: str | Path, meta: CheckpointMeta) -> dict:
     """Validation and test scores of the run: from the checkpoint, else from the run's results.json."""
     if "scores" in meta:
         return meta["scores"]
@@ -46,7 +47,7 @@ def _split_counts(checkpoint: str | Path) -> dict:
     return {k: len(data.get(k) or []) for k in ("labeled", "unlabeled", "val", "test")}
 
 
-def _pct(value) -> str:
+def _pct(value: float | None) -> str:
     return f"{100 * value:.2f}" if isinstance(value, float) else "-"
 
 
@@ -60,7 +61,7 @@ def _accuracy_rows(scores: dict) -> list[str]:
     return rows
 
 
-def write_model_card(path: str | Path, checkpoint: str | Path, meta: dict, result: ExportResult, *,
+def write_model_card(path: str | Path, checkpoint: str | Path, meta: CheckpointMeta, result: ExportResult, *,
                      alpha: float, beta: float, heads: bool, atol: float, params: int, speed: dict,
                      machine: str) -> Path:
     """Write the markdown card. ``speed``: {"student": images/s, "teacher": images/s or a reason}."""
@@ -125,7 +126,7 @@ def _run_snippet(result: ExportResult, size: int) -> str:
             f"probs = model(images)  # images: uint8 tensor [N, 3, {size}, {size}]")
 
 
-def _training_lines(checkpoint: str | Path, meta: dict, alpha: float, beta: float) -> list[str]:
+def _training_lines(checkpoint: str | Path, meta: CheckpointMeta, alpha: float, beta: float) -> list[str]:
     """The card's "How it was trained": teacher, student, method, data, and how alpha/beta were chosen."""
     arch, cfg, size = meta["architecture"], meta.get("config", {}), meta["input_size"]
     split, mixing = {**meta.get("split", {}), **_split_counts(checkpoint)}, meta.get("mixing", {})

@@ -69,7 +69,7 @@ def _convert_keys(state: dict[str, Tensor], student: DualHeadStudent) -> dict[st
         if parts[0] == "backbone" and len(parts) > 2 and parts[1].isdigit():
             i = int(parts[1])
             if i >= len(names):
-                raise ValueError(f"checkpoint key {key!r} has no counterpart in the {student.spec['backbone']} backbone")
+                raise ValueError(f"checkpoint key {key!r} has no counterpart in the {student.spec.backbone} backbone")
             key = ".".join(["backbone", names[i], *parts[2:]])
         out[key] = value
     return out
@@ -106,8 +106,8 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
     else:
         cfg = StudentConfig(backbone=arch, source=source, image_size=image_size)
     student = build_student(cfg, classes)
-    if student.spec["num_features"] != num_features:
-        raise ValueError(f"{arch} has {student.spec['num_features']} features, the checkpoint's heads read "
+    if student.spec.num_features != num_features:
+        raise ValueError(f"{arch} has {student.spec.num_features} features, the checkpoint's heads read "
                          f"{num_features}: pass the --arch it was trained with")
     converted = _convert_keys(state, student)
     expected = student.state_dict()

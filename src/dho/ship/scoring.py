@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoint import CheckpointMeta
+from ..data.manifest import Item, SplitManifest
 from ..evaluate import SplitLogits, own_size_logits
 from ..students import DualHeadStudent
 
 __all__ = ["checkpoint_logits", "checkpoint_split"]
 
 
-def _wnids(meta: dict) -> list[str] | None:
+def _wnids(meta: CheckpointMeta) -> list[str] | None:
     """The WordNet id of each class of an ImageNet student (its folder name on disk): recorded at
     training, else the standard ImageNet-1k order for a 1000-class student; None otherwise."""
     from ..data.variants import imagenet_wnids
@@ -21,11 +23,10 @@ def _wnids(meta: dict) -> list[str] | None:
     return imagenet_wnids() if len(meta["classes"]) == 1000 else None
 
 
-def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str | Path | None,
-                     variant: str | None = None):
+def checkpoint_split(checkpoint: str | Path, meta: CheckpointMeta, split: str, data: str | Path | None,
+                     variant: str | None = None) -> tuple[SplitManifest, list[Item]]:
     """The manifest and items to evaluate: a folder given by the user (an ImageNet ``variant``
     such as imagenet-r when named), or a split of the run."""
-    from ..data.manifest import SplitManifest
     from ..data.splits import folder_manifest
 
     if variant is not None:
@@ -63,7 +64,7 @@ def checkpoint_split(checkpoint: str | Path, meta: dict, split: str, data: str |
 
 def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | Path | None = None, *,
                       with_teacher: bool = False, device: str = "cpu", batch_size: int = 256,
-                      progress: bool = False, variant: str | None = None) -> tuple[SplitLogits, dict, DualHeadStudent]:
+                      progress: bool = False, variant: str | None = None) -> tuple[SplitLogits, CheckpointMeta, DualHeadStudent]:
     """Logits of a saved student (and optionally its teacher) on a split of its run or a folder.
     On a class-subset test set (ImageNet-R / -A) the other classes' logits are -inf."""
     from ..checkpoint import load_metadata, load_student

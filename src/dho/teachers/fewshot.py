@@ -23,13 +23,14 @@ from torch import Tensor
 
 from ..config import RunConfig, TeacherConfig
 from ..data import EvalViews, ImageStore, SplitManifest, TrainViews
+from ..data.datasets import eval_key
 from ..device import autocast
 from ..files import load_torch_file
 from .base import Teacher, TeacherOutput
 from .cache import TeacherCache
 from .tip_adapter import TipAdapter, fit_tip_adapter
 
-__all__ = ["ADAPTER_SEED_OFFSET", "FewShotTeacher", "adapter_view_indices", "eval_key", "fit_fewshot_teacher",
+__all__ = ["ADAPTER_SEED_OFFSET", "FewShotTeacher", "adapter_view_indices", "fit_fewshot_teacher",
            "load_tip_adapter_file"]
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,6 @@ class FewShotTeacher(Teacher):
 
     def describe(self) -> dict:
         return {**self.base.describe(), "id": self.id, "adapter": self.adapter.describe()}
-
-
-def eval_key(size: int, sample_id: str) -> str:
-    """Cache key of an evaluation view (resized centre crop) of a sample."""
-    return f"eval{size}/{sample_id}"
 
 
 def adapter_view_indices(t: TeacherConfig) -> range:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,10 @@ def imagenet_class_texts(style: str = "lemma_definition") -> list[str]:
     raise ValueError(f"unknown ImageNet text style {style!r}; use lemma_definition, lemma or name")
 
 
-def _quietly(load, *args, **kwargs):
+T = TypeVar("T")
+
+
+def _quietly(load: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``load`` without Hugging Face's per-process "Loading weights" progress bar."""
     from transformers.utils import logging as hf_logging
 

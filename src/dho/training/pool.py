@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any
 
 import torch
 
@@ -20,13 +22,13 @@ def _init_worker() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
-class InlineExecutor:
+class InlineExecutor(Executor):
     """The Executor interface, running each job at submit time in this process."""
 
-    def submit(self, fn, *args) -> Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
         try:
-            future.set_result(fn(*args))
+            future.set_result(fn(*args, **kwargs))
         except Exception as err:  # surfaced by future.result(), as a process pool would
             future.set_exception(err)
         return future
@@ -34,7 +36,7 @@ class InlineExecutor:
     def __enter__(self) -> InlineExecutor:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 

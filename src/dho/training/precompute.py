@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..config import DataConfig, RunConfig
+from ..data.datasets import eval_key, view_key
 from ..data.images import apply_crop, crop_params, decode_image, eval_view
 from ..data.manifest import SplitManifest
 from ..data.splits import splits_for
@@ -26,7 +28,7 @@ from ..device import free_cores, precision_name, resolve_precision
 from ..methods import METHOD_SPECS
 from ..teachers import Teacher, TeacherOutput, build_teacher
 from ..teachers.cache import TeacherCache
-from ..teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices, eval_key
+from ..teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices
 from .plan import planned_views, training_view_size
 from .pool import executor, shards
 
@@ -56,12 +58,13 @@ def teacher_requests(cfgs: list[RunConfig], teacher: Teacher, eval_splits: bool 
                 items = manifest.split(split)
                 for i, v in keys:
                     path = items[i][0]
-                    needed[f"{cfg.seed}/{path}#{v}"] = (f"{cfg.seed}/{path}#{v}", path, cfg.seed, v)
+                    key = view_key(cfg.seed, path, v)
+                    needed[key] = (key, path, cfg.seed, v)
         if cfg.teacher.adapter != "none":
             seed = cfg.seed + ADAPTER_SEED_OFFSET
             for path, _ in manifest.labeled:
                 for v in adapter_view_indices(cfg.teacher):
-                    needed[f"{seed}/{path}#{v}"] = (f"{seed}/{path}#{v}", path, seed, v)
+                    needed[view_key(seed, path, v)] = (view_key(seed, path, v), path, seed, v)
         if eval_splits:
             for path, _ in (*manifest.val, *manifest.test):
                 key = eval_key(teacher.image_size, path)
@@ -121,7 +124,7 @@ def store_path(out: Path, cfg: RunConfig) -> Path:
     return out / "teacher_cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool, workers: int, *, dtype: str = "float32",
+def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, workers: int, *, dtype: str = "float32",
                        topk: int | None = None, eval_splits: bool = True,
                        on_done: Callable[[], None] = lambda: None) -> TeacherCache:
     """Compute the base teacher's outputs for every view ``cfgs`` need that the store at ``path``

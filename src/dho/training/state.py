@@ -106,10 +106,12 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """``key: old -> new`` for every setting that differs and would change what a resumed run computes."""
+def config_changes(saved: dict, current: dict, *, saved_keys_only: bool = False) -> list[str]:
+    """``key: old -> new`` for every setting that differs and would change what a resumed run computes;
+    ``saved_keys_only``: not the settings ``saved`` lacks (added by a later version, at their defaults)."""
     a, b = _flat(saved), _flat(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+    keys = set(a) if saved_keys_only else set(a) | set(b)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(keys)
             if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
 
 
