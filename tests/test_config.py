@@ -107,3 +107,26 @@ def test_unknown_keys_are_always_named(key):
     assert "\n" not in str(info.value)
     if key.strip() not in SECTIONS:
         assert "unknown config key" in str(info.value)
+
+
+def test_the_few_shot_teacher_is_the_default_where_shots_exist():
+    cfg = RunConfig()
+    assert cfg.teacher.adapter == "auto" and cfg.adapter == "tip-f"  # K shots, DHO: the paper's DHO-F
+    assert cfg.override({"loss.method": "ce"}).adapter == "none"  # learns nothing from the teacher
+    assert cfg.override({"data.shots": None, "data.fraction": 0.01}).adapter == "none"  # low-shot: no K shots
+    assert cfg.override({"teacher.adapter": "none"}).adapter == "none"  # a choice is kept
+    assert cfg.override({"teacher.adapter": "tip"}).adapter == "tip"
+    assert cfg.override({"teacher.adapter_file": "t.pt", "data.shots": None, "data.fraction": 0.1}).adapter == "tip-f"
+    # the choice is resolved each time, so an override of the data after the fact still counts
+    assert RunConfig().override({"data.shots": None, "data.fraction": 0.1}).override({"data.shots": 4}).adapter == "tip-f"
+
+
+def test_every_paper_preset_names_its_teacher():
+    from pathlib import Path
+
+    import yaml
+
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.yaml"))
+    assert presets
+    for path in presets:
+        assert yaml.safe_load(path.read_text())["teacher"].get("adapter") in ("none", "tip", "tip-f"), path.name

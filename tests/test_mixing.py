@@ -90,7 +90,8 @@ def test_alpha_without_validation_data_follows_the_paper():
     from dho.config import RunConfig
     from dho.mixing import default_alpha
 
-    cfg = RunConfig()
+    assert default_alpha(RunConfig()) == 0.2  # teacher.adapter=auto: the few-shot teacher where shots exist
+    cfg = RunConfig().override({"teacher.adapter": "none"})
     assert default_alpha(cfg) == 0.4  # zero-shot teacher
     assert default_alpha(cfg.override({"teacher.adapter": "tip-f"})) == 0.2  # few-shot teacher
     assert default_alpha(cfg.override({"data.shots": None, "data.fraction": 0.01})) == 0.5  # low-shot

@@ -427,7 +427,7 @@ def test_adapter_file_config_builds_the_few_shot_teacher_from_the_file(tiny_cfg,
     write_teacher_file(tmp_path / "teacher.pt", classes=len(manifest.classes), dim=base.class_embeddings.shape[1])
     teacher = fit_fewshot_teacher(cfg, base, manifest, view_size=32)
     assert (teacher.adapter.a, teacher.adapter.b) == (1.7, 5.5)
-    assert adapter_view_indices(cfg.teacher) == range(0)
+    assert adapter_view_indices(cfg) == range(0)
     with pytest.raises(ConfigError, match="needs teacher.adapter=tip-f"):
         tiny_cfg.override({"teacher.adapter_file": "teacher.pt"})
 
@@ -435,9 +435,9 @@ def test_adapter_file_config_builds_the_few_shot_teacher_from_the_file(tiny_cfg,
 def test_adapter_views_fresh_reads_one_more_view_per_epoch(tiny_cfg):
     cfg = tiny_cfg.override({"teacher.adapter": "tip-f", "teacher.adapter_views": 2, "teacher.adapter_epochs": 3,
                              "data.val_fraction": 0.2})
-    assert adapter_view_indices(cfg.teacher) == range(5)
-    assert adapter_view_indices(cfg.override({"teacher.adapter_train_views": "fixed"}).teacher) == range(2)
-    assert adapter_view_indices(cfg.override({"teacher.adapter": "tip"}).teacher) == range(2)
+    assert adapter_view_indices(cfg) == range(5)
+    assert adapter_view_indices(cfg.override({"teacher.adapter_train_views": "fixed"})) == range(2)
+    assert adapter_view_indices(cfg.override({"teacher.adapter": "tip"})) == range(2)
     manifest = splits_for(cfg.data)
     base = build_teacher(cfg.teacher, manifest.classes)
     cache = TeacherCache(base)

@@ -16,6 +16,7 @@ import yaml
 
 from .coerce import ConfigError, build, check_choice, check_literals, check_positive, check_range, set_dotted, split_override, to_plain
 from .files import write_text_atomic
+from .methods import METHOD_SPECS
 
 __all__ = [
     "ConfigError",
@@ -58,9 +59,14 @@ class TeacherConfig:
     # or "mean" without (the authors' DFN teacher)
     class_embedding: Literal["renormalized", "mean"] = "renormalized"
     bridge_tau: float = 0.1  # imagenet-bridge only
+    # imagenet-bridge only: its ImageNet classifier
+    bridge_backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "efficientnet_lite0"
+    bridge_wordnet: Literal["off", "first", "all"] = "off"  # imagenet-bridge: WordNet's hierarchy, each class name's first or all senses
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
-    adapter: Literal["none", "tip", "tip-f"] = "none"  # few-shot teacher: Tip-Adapter(-F) on the labeled shots
+    # few-shot teacher: Tip-Adapter(-F) on the labeled shots; auto = tip-f (DHO-F) when the run has K shots
+    # per class and learns from the teacher, none (the zero-shot teacher) otherwise (RunConfig.adapter)
+    adapter: Literal["auto", "none", "tip", "tip-f"] = "auto"
     adapter_views: int = 10  # augmented views of each shot for the cache keys (and Tip-Adapter-F's training)
     adapter_epochs: int = 20  # Tip-Adapter-F key fine-tuning
     # cache keys: each view's feature normalised, averaged, normalised again; raw_mean = Tip-Adapter's
@@ -73,7 +79,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_literals(self, "teacher.")
-        if self.adapter_file and self.adapter != "tip-f":
+        if self.adapter_file and self.adapter not in ("tip-f", "auto"):
             raise ConfigError(f"teacher.adapter_file holds a Tip-Adapter-F teacher: it needs teacher.adapter=tip-f, "
                               f"not {self.adapter}")
         check_positive("teacher.adapter_views", self.adapter_views)
@@ -313,6 +319,18 @@ class RunConfig:
         check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+    @property
+    def adapter(self) -> Literal["none", "tip", "tip-f"]:
+        """``teacher.adapter`` with ``auto`` resolved: Tip-Adapter-F (the paper's DHO-F teacher) when
+        the run has K labeled shots per class (``data.shots``) and its method learns from the
+        teacher, or when a Tip-Adapter-F file is named; the zero-shot teacher otherwise."""
+        chosen = self.teacher.adapter
+        if chosen != "auto":
+            return chosen
+        if self.teacher.adapter_file:
+            return "tip-f"
+        return "tip-f" if self.data.shots is not None and METHOD_SPECS[self.loss.method].teacher else "none"
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(dataclasses.asdict(self))

@@ -195,8 +195,11 @@ def _zero_shot_teacher(cfg: RunConfig, given: Teacher | None, manifest: SplitMan
 def _few_shot_teacher(cfg: RunConfig, teacher: Teacher, manifest: SplitManifest, view_size: int,
                       cache: TeacherCache | None) -> Teacher:
     """A few-shot teacher fitted on the labeled shots when ``teacher.adapter`` asks for one and none was given."""
-    if cfg.teacher.adapter == "none" or isinstance(teacher, FewShotTeacher):
+    if cfg.adapter == "none" or isinstance(teacher, FewShotTeacher):
         return teacher
+    if cfg.teacher.adapter == "auto":
+        log.info("teacher.adapter=auto: the few-shot teacher (Tip-Adapter-F on the %d labeled images, the paper's "
+                 "DHO-F); teacher.adapter=none trains against the zero-shot teacher", len(manifest.labeled))
     return fit_fewshot_teacher(cfg, teacher, manifest, view_size, cache)
 
 

@@ -96,7 +96,7 @@ def default_alpha(cfg: RunConfig) -> float:
         return cfg.eval.alpha
     if cfg.data.shots is None:
         return 0.5
-    return 0.2 if cfg.teacher.adapter != "none" else 0.4
+    return 0.2 if cfg.adapter != "none" else 0.4
 
 
 class MixRecord(TypedDict, total=False):

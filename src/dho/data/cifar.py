@@ -8,12 +8,12 @@ the machine is online (written out as PNG files in the same layout).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tarfile
 from pathlib import Path
 
 from ..files import cache_dir as default_cache_dir
+from .shared import find_shared_archive
 
 __all__ = ["CIFAR10_CLASSES", "find_cifar10_archive", "prepare_cifar10"]
 
@@ -25,14 +25,7 @@ ARCHIVE_NAME = "cifar10-jpg.tar.gz"
 
 def find_cifar10_archive() -> Path | None:
     """``$DHO_CIFAR10_ARCHIVE``, else ``shared/data/`` beside or inside the working directory or checkout."""
-    if os.environ.get("DHO_CIFAR10_ARCHIVE"):
-        return Path(os.environ["DHO_CIFAR10_ARCHIVE"])
-    checkout = Path(__file__).resolve().parents[3]
-    for base in (Path.cwd(), Path.cwd().parent, checkout, checkout.parent):
-        candidate = base / "shared" / "data" / ARCHIVE_NAME
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_shared_archive("cifar10")
 
 
 def _complete(root: Path) -> bool:

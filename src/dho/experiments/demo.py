@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.splits import splits_for
 from ..device import free_cores
 from ..files import write_text_atomic
 from .sweep import SweepConfig, run_sweep
@@ -43,7 +42,7 @@ METHODS = {
 }
 TEACHERS = {"teacher": ZERO_SHOT, "teacher_f": FEW_SHOT}  # results.json keys of the teacher rows
 LABELS = {"teacher": "teacher (zero-shot)", "teacher_f": "teacher (few-shot)", "ce": "CE only",
-          "ce_kd_logit": "CE+KD (logit)", "ce_kd_logit_f": "CE+KD (logit), few-shot teacher", "dho": "DHO (mix)",
+          "ce_kd_logit": "CE+KD (logit)", "ce_kd_logit_f": "CE+KD-F (logit)", "dho": "DHO (mix)",
           "dho_ce_head": "DHO CE head", "dho_kd_head": "DHO KD head", "dho_f": "DHO-F (mix)",
           "dho_f_ce_head": "DHO-F CE head", "dho_f_kd_head": "DHO-F KD head"}
 ROWS = tuple(LABELS)  # the printed and plotted order
@@ -110,10 +109,10 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
         row = {key: teacher_rows[(label, seed)] for key, label in TEACHERS.items()}
         row.update({key: runs[f"{label}/seed{seed}/{method}"]["test"][entry] for key, (label, method, entry) in METHODS.items()})
         per_seed.append(row)
-    manifest = splits_for(base.data)
+    classes = json.loads((Path(next(iter(sweep.runs(base, out).values())).out) / "splits.json").read_text())["classes"]
     results = {
         **_mean_and_spread(per_seed), "per_seed": dict(zip(map(str, settings.seeds), per_seed)),
-        "teacher": _teacher_id(out), "data": str(root), "classes": manifest.classes, "settings": asdict(settings),
+        "teacher": _teacher_id(out), "data": str(root), "classes": classes, "settings": asdict(settings),
         "runs": runs, "workers": sweep.workers or free_cores(), "wall_time_s": round(time.time() - started, 1),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))

@@ -6,7 +6,7 @@ A sweep file holds the grid under ``sweep:`` and a run config under ``run:``::
       methods: [ce, ce_kd_logit, dho]
       shots: [1, 4, 16]
       seeds: [0]
-      teachers: {zero-shot: {}, few-shot: {teacher.adapter: tip-f}}  # label -> run overrides
+      teachers: {zero-shot: {teacher.adapter: none}, few-shot: {teacher.adapter: tip-f}}  # label -> run overrides
       teacher_methods: {few-shot: [dho]}  # optional: restrict a teacher to some methods
     run: {...}  # any RunConfig, as in configs/*.yaml
 
@@ -65,7 +65,7 @@ class SweepConfig:
     methods: tuple[str, ...] = ("ce", "ce_kd_logit", "dho")
     shots: tuple[int, ...] = (1, 4, 16)
     seeds: tuple[int, ...] = (0,)
-    teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"zero-shot": {}})
+    teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"zero-shot": {"teacher.adapter": "none"}})
     teacher_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
     workers: int | None = None
 
@@ -171,6 +171,27 @@ def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitMani
     return score(SplitLogits(labels, teacher=out.logits))["teacher"]
 
 
+def _fit_teachers(cfgs: dict[tuple[str, int, int, str], RunConfig], cache: TeacherCache
+                  ) -> tuple[dict[tuple[str, int, int, str], dict | None], list[dict]]:
+    """Each few-shot teacher the runs use, fitted on the cached outputs (one per label, shots, seed
+    and adapter: with teacher.adapter=auto a CE run has none), as its state; and each label's
+    teacher row (its few-shot teacher where it has one), scored on the test split."""
+    adapters: dict[tuple[str, int, int, str], dict | None] = {}
+    rows: dict[tuple[str, int, int], dict] = {}
+    for (label, shots, seed, _), cfg in sorted(cfgs.items(), key=lambda kv: kv[1].adapter == "none"):
+        if (label, shots, seed, cfg.adapter) in adapters:
+            continue
+        manifest = cached_splits(cfg.data)
+        teacher: Teacher = cache.teacher
+        if cfg.adapter != "none":
+            teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, training_view_size(cfg, teacher.image_size), cache)
+        adapters[(label, shots, seed, cfg.adapter)] = teacher.adapter.state() if isinstance(teacher, FewShotTeacher) else None
+        if (label, shots, seed) not in rows:
+            rows[(label, shots, seed)] = _row(label, shots, seed, "teacher", "",
+                                              {"test": {"teacher": _teacher_accuracy(teacher, cache, manifest)}})
+    return adapters, list(rows.values())
+
+
 def _row(label: str, shots: int, seed: int, method: str, run_dir: str, results: dict) -> dict:
     test = results.get("test", {})
     return {"teacher": label, "shots": shots, "seed": seed, "method": method, "run_dir": run_dir,
@@ -214,28 +235,17 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     workers = sweep.workers or free_cores()
     cache_path = store_path(out, base)
     bar = tqdm(total=len(todo) + workers, desc="sweep", disable=not progress)
-    teacher_rows = []
     with executor(workers) as pool:
         # 1. the base teacher's outputs for every view any run (or the report) needs
         cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, on_done=lambda: bar.update(0))
         bar.update(workers)
         # 2. few-shot teachers, fitted here on the cached outputs; the teachers' test accuracy
-        adapters: dict[tuple[str, int, int], dict | None] = {}
-        for label, shots, seed, method in cfgs:
-            if (label, shots, seed) in adapters:
-                continue
-            cfg = cfgs[(label, shots, seed, method)]
-            manifest = cached_splits(cfg.data)
-            teacher: Teacher = cache.teacher
-            if cfg.teacher.adapter != "none":
-                teacher = fit_fewshot_teacher(cfg, cache.teacher, manifest, training_view_size(cfg, teacher.image_size), cache)
-            adapters[(label, shots, seed)] = teacher.adapter.state() if isinstance(teacher, FewShotTeacher) else None
-            teacher_rows.append(_row(label, shots, seed, "teacher", "", {"test": {"teacher": _teacher_accuracy(teacher, cache, manifest)}}))
+        adapters, teacher_rows = _fit_teachers(cfgs, cache)
         # 3. the runs, longest first, in worker processes of one thread each
         threads = 1 if workers > 1 else free_cores()
         futures: dict[tuple, Future] = {}
         for key in sorted(todo, key=lambda k: (-k[1], k)):
-            job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path, adapters[key[:3]])
+            job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path, adapters[(*key[:3], todo[key].adapter)])
             job.add_done_callback(lambda _: bar.update())
             futures[key] = job
         failures = []

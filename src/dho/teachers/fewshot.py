@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import RunConfig, TeacherConfig
+from ..config import RunConfig
 from ..data import EvalViews, ImageStore, SplitManifest, TrainViews
 from ..data.datasets import eval_key
 from ..device import autocast
@@ -75,13 +75,14 @@ class FewShotTeacher(Teacher):
         return {**self.base.describe(), "id": self.id, "adapter": self.adapter.describe()}
 
 
-def adapter_view_indices(t: TeacherConfig) -> range:
+def adapter_view_indices(cfg: RunConfig) -> range:
     """The views of each shot (crop seed: run seed + ADAPTER_SEED_OFFSET) whose base-teacher
     outputs the few-shot teacher reads: 0 .. adapter_views - 1 for the keys, then, for Tip-Adapter-F
     with ``adapter_train_views=fresh``, one more per epoch; none when it comes from a file."""
-    if t.adapter == "none" or t.adapter_file:
+    t = cfg.teacher
+    if cfg.adapter == "none" or t.adapter_file:
         return range(0)
-    fresh = t.adapter == "tip-f" and t.adapter_train_views == "fresh"
+    fresh = cfg.adapter == "tip-f" and t.adapter_train_views == "fresh"
     return range(t.adapter_views + (t.adapter_epochs if fresh else 0))
 
 
@@ -157,7 +158,7 @@ def fit_fewshot_teacher(cfg: RunConfig, base: Teacher, manifest: SplitManifest, 
     labeled = ImageStore(manifest, manifest.labeled, in_memory=True)
     n, v = len(labeled), t.adapter_views
     views = TrainViews(labeled, view_size, cfg.optim.crop_scale, seed=cfg.seed + ADAPTER_SEED_OFFSET)
-    fresh = adapter_view_indices(t)[v:]  # Tip-Adapter-F's views, one per epoch (when adapter_train_views=fresh)
+    fresh = adapter_view_indices(cfg)[v:]  # Tip-Adapter-F's views, one per epoch (when adapter_train_views=fresh)
     train_out = _batched(base, cache, _shot_views(views, fresh or range(v), n))
     feats = train_out.features.view(-1, n, train_out.features.shape[-1])
     logits = train_out.logits.view(-1, n, n_classes)
@@ -167,7 +168,7 @@ def fit_fewshot_teacher(cfg: RunConfig, base: Teacher, manifest: SplitManifest, 
         key_feats = _batched(base, cache, _shot_views(views, range(v), n)).features.view(v, n, -1) if fresh else feats
     val_feats, val_logits, val_labels = _validation(base, cache, manifest) or (None, None, None)
     adapter = fit_tip_adapter(feats, logits, labeled.labels, val_feats, val_logits, val_labels,
-                              num_classes=n_classes, fine_tune=t.adapter == "tip-f", epochs=t.adapter_epochs,
+                              num_classes=n_classes, fine_tune=cfg.adapter == "tip-f", epochs=t.adapter_epochs,
                               seed=cfg.seed, key_features=key_feats, key_mean=t.adapter_keys,
                               train_views=t.adapter_train_views, grid=t.adapter_grid, dataset=cfg.data.dataset)
     log.info("few-shot teacher: %s", adapter.describe())

