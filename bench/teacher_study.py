@@ -5,10 +5,10 @@ probabilities of every image are computed once; each bridge (the text bridge at 
 temperatures, with or without WordNet's hierarchy, first or all senses of a class name) is then a
 matrix product. Validation chooses, test reports: CIFAR-10 validation = 200 training images per
 class (seed 0), test = its 10,000 test images; Caltech101 = CoOp's val (1,649) and test (2,465)
-splits. Images/s of each classifier and size are timed side by side in this process on one batch,
-as a ratio to today's default (Lite0 at 160 px).
+splits. Images/s of each classifier and size are timed side by side in this process on one batch of
+64 Caltech101 test images, taking turns, as a ratio to the former default (Lite0 at 160 px).
 
-    python bench/teacher_study.py [--threads 2] [--out bench/teacher_study.json]
+    python bench/teacher_study.py [--threads 2] [--out bench/teacher_study.json] [--speed-only]
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from timing import machine
 CLASSIFIERS = [("efficientnet_lite0", 160), ("efficientnet_lite1", 160), ("efficientnet_lite2", 160),
                ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
 TAUS = (0.05, 0.1, 0.2)
-WORDNET = ("off", "first", "all")
+# the hierarchy as the teacher uses it ("first", "all": covered rows replaced, then every column
+# renormalised), and without the renormalisation ("first/raw", "all/raw")
+WORDNET = ("off", "first", "all", "first/raw", "all/raw")
 
 
 def cifar_splits() -> dict:
@@ -66,15 +68,21 @@ def imagenet_probs(teacher, images: list[torch.Tensor], size: int, batch: int = 
     return torch.cat(out)
 
 
-def images_per_second(teacher, images: list[torch.Tensor], size: int, rounds: int = 5) -> float:
-    batch = torch.stack([eval_view(im, size) for im in images[:64]])
-    teacher(batch)
-    times = []
+def side_by_side_speed(images: list[torch.Tensor], rounds: int = 7) -> dict[str, float]:
+    """Images/s of each classifier's teacher forward on the same 64 images, the classifiers taking
+    turns within each round (so a slower moment of the machine falls on all of them); the median."""
+    teachers = {f"{b}@{s}": (build_teacher(TeacherConfig(kind="imagenet-bridge", image_size=s, bridge_backbone=b), ["a", "b"]), s)
+                for b, s in CLASSIFIERS}
+    batches = {key: torch.stack([eval_view(im, size) for im in images[:64]]) for key, (_, size) in teachers.items()}
+    times: dict[str, list[float]] = {key: [] for key in teachers}
+    for key, (teacher, _) in teachers.items():
+        teacher(batches[key])  # warm-up
     for _ in range(rounds):
-        start = time.perf_counter()
-        teacher(batch)
-        times.append(time.perf_counter() - start)
-    return len(batch) / sorted(times)[len(times) // 2]
+        for key, (teacher, _) in teachers.items():
+            start = time.perf_counter()
+            teacher(batches[key])
+            times[key].append(time.perf_counter() - start)
+    return {key: 64 / sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
 def main() -> None:
@@ -83,8 +91,17 @@ def main() -> None:
     parser.add_argument("--out", default="bench/teacher_study.json")
     parser.add_argument("--limit", type=int, default=None, help="the first N images of each split (a smoke run)")
     parser.add_argument("--classifiers", nargs="*", default=None, help="e.g. efficientnet_lite1@240 (default: all)")
+    parser.add_argument("--speed-only", action="store_true", help="only the side-by-side images/s, into --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed_only:
+        speeds = side_by_side_speed([decode_image(p) for p, _ in caltech_splits()["test"][:64]])
+        reference = speeds["efficientnet_lite0@160"]
+        result = {"machine": machine(), "threads": args.threads, "images_per_second": speeds,
+                  "cost_vs_lite0_160": {k: reference / v for k, v in speeds.items()}}
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     wordnet_dir = find_wordnet()
     hierarchy = NounHierarchy.load(wordnet_dir) if wordnet_dir else None
     wnids = imagenet_wnids()
@@ -97,13 +114,13 @@ def main() -> None:
     classifiers = [c for c in CLASSIFIERS if args.classifiers is None or f"{c[0]}@{c[1]}" in args.classifiers]
     decoded = {name: {split: [decode_image(p) for p, _ in d[split]] for split in ("val", "test")} for name, d in data.items()}
     labels = {name: {split: torch.tensor([y for _, y in d[split]]) for split in ("val", "test")} for name, d in data.items()}
-    rows, speeds = [], {}
+    rows: list[dict] = []
+    result: dict = {}
     for backbone, size in classifiers:
         started = time.time()
         for name, d in data.items():
             base = TeacherConfig(kind="imagenet-bridge", image_size=size, bridge_backbone=backbone)
             teacher = build_teacher(base, d["classes"], d["dataset"])
-            speeds.setdefault(f"{backbone}@{size}", images_per_second(teacher, decoded["caltech101"]["test"], size))
             probs = {split: imagenet_probs(teacher, decoded[name][split], size) for split in ("val", "test")}
             names = [c.replace("_", " ") for c in d["classes"]]
             kinds = {s: kinds_of(hierarchy, wnids, names, s) for s in ("first", "all")} if hierarchy else {}
@@ -112,16 +129,25 @@ def main() -> None:
                     continue
                 teacher.tau = tau
                 teacher.set_classes(d["classes"], teacher.templates)
-                bridge = teacher.bridge if wordnet == "off" else hierarchy_bridge(teacher.bridge, kinds[wordnet])
+                senses, _, raw = wordnet.partition("/")
+                if wordnet == "off":
+                    bridge = teacher.bridge
+                elif raw:
+                    rows = kinds[senses].float() / kinds[senses].float().sum(dim=1, keepdim=True).clamp(min=1)
+                    bridge = torch.where(kinds[senses].any(dim=1, keepdim=True), rows, teacher.bridge)
+                else:
+                    bridge = hierarchy_bridge(teacher.bridge, kinds[senses])
                 acc = {split: float(((probs[split] @ bridge).argmax(-1) == labels[name][split]).double().mean())
                        for split in ("val", "test")}
                 rows.append({"dataset": name, "backbone": backbone, "size": size, "tau": tau, "wordnet": wordnet, **acc})
-        print(f"{backbone}@{size}: {time.time() - started:.0f} s, {speeds[f'{backbone}@{size}']:.1f} images/s", flush=True)
-        reference = speeds.get("efficientnet_lite0@160", next(iter(speeds.values())))
+        print(f"{backbone}@{size}: {time.time() - started:.0f} s", flush=True)
         result = {"machine": machine(), "threads": args.threads, "wordnet": str(wordnet_dir), "limit": args.limit,
-                  "images": {name: {split: len(d[split]) for split in ("val", "test")} for name, d in data.items()},
-                  "images_per_second": speeds, "cost_vs_lite0_160": {k: reference / v for k, v in speeds.items()}, "rows": rows}
+                  "images": {name: {split: len(d[split]) for split in ("val", "test")} for name, d in data.items()}, "rows": rows}
         Path(args.out).write_text(json.dumps(result, indent=1))  # after each classifier: a cut-short study keeps its rows
+    speeds = side_by_side_speed(decoded["caltech101"]["test"])
+    reference = speeds["efficientnet_lite0@160"]
+    result.update(images_per_second=speeds, cost_vs_lite0_160={k: reference / v for k, v in speeds.items()})
+    Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({"cost": result["cost_vs_lite0_160"]}, indent=1))
     for row in sorted(rows, key=lambda r: (r["dataset"], -r["val"]))[:]:
         print(f"{row['dataset']:<11} {row['backbone']:<19} {row['size']:>4} tau {row['tau']:<5} wordnet {row['wordnet']:<6} "

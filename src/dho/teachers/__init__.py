@@ -28,7 +28,7 @@ def _imagenet_bridge(cfg: TeacherConfig) -> Teacher:
     if cfg.pretrained and not Path(cfg.pretrained).expanduser().is_file():
         raise FileNotFoundError(f"teacher.pretrained={cfg.pretrained!r} is not a file: the imagenet-bridge teacher takes "
                                 "a local EfficientNet-Lite0 weights file, or teacher.pretrained=null for the packaged one")
-    return ImageNetBridgeTeacher(image_size=cfg.image_size or 224, tau=cfg.bridge_tau, zeta=cfg.zeta, weights=cfg.pretrained,
+    return ImageNetBridgeTeacher(image_size=cfg.image_size or 160, tau=cfg.bridge_tau, zeta=cfg.zeta, weights=cfg.pretrained,
                                  variant=int(cfg.bridge_backbone[-1]), wordnet=cfg.bridge_wordnet)
 
 
