@@ -19,6 +19,7 @@ __all__ = ["SPLITS", "SplitManifest", "folder_manifest", "folder_pools", "make_s
 
 log = logging.getLogger(__name__)
 
+
 def make_splits(
     root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
     val_fraction: float = 0.1, test_fraction: float = 0.2, max_unlabeled: int | None = None,
