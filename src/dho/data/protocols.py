@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import random
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,8 +33,9 @@ COOP_VAL_SHOTS = 4  # CoOp validates on min(K, 4) shots per class
 
 
 def _order(item: Item) -> tuple:
-    """Label, then path by its parts (the order of a sorted directory walk)."""
-    return item[1], PurePosixPath(item[0]).parts
+    """Label, then path by its parts (the order of a sorted directory walk); the paths are
+    relative POSIX paths, so splitting at "/" gives their parts (and is cheap on 1M items)."""
+    return item[1], item[0].split("/")
 
 
 def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:

@@ -99,32 +99,27 @@ def run_demo(root: Path, out: Path, settings: DemoSettings = DemoSettings(), *, 
     csv_path = run_sweep(sweep, base, out, progress=progress)
     with csv_path.open() as fh:
         teacher_rows = {(r["teacher"], int(r["seed"])): float(r["test"]) for r in csv.DictReader(fh) if r["method"] == "teacher"}
+    cfgs = sweep.runs(base, out)
     runs: dict[str, dict[str, Any]] = {}
-    for (label, _, seed, method), cfg in sweep.runs(base, out).items():
+    for (label, _, seed, method), cfg in cfgs.items():
         results = json.loads((Path(cfg.out) / "results.json").read_text())
-        runs[f"{label}/seed{seed}/{method}"] = {k: results.get(k) for k in ("method", "alpha", "beta", "selection", "test", "val",
-                                                                          "steps", "wall_time_s")}
+        runs[f"{label}/seed{seed}/{method}"] = {k: results.get(k) for k in ("method", "teacher", "alpha", "beta", "selection",
+                                                                          "test", "val", "steps", "wall_time_s")}
     per_seed = []
     for seed in settings.seeds:
         row = {key: teacher_rows[(label, seed)] for key, label in TEACHERS.items()}
         row.update({key: runs[f"{label}/seed{seed}/{method}"]["test"][entry] for key, (label, method, entry) in METHODS.items()})
         per_seed.append(row)
-    classes = json.loads((Path(next(iter(sweep.runs(base, out).values())).out) / "splits.json").read_text())["classes"]
+    classes = json.loads((Path(next(iter(cfgs.values())).out) / "splits.json").read_text())["classes"]
     results = {
         **_mean_and_spread(per_seed), "per_seed": dict(zip(map(str, settings.seeds), per_seed)),
-        "teacher": _teacher_id(out), "data": str(root), "classes": classes, "settings": asdict(settings),
+        "teacher": runs[f"{ZERO_SHOT}/seed{settings.seeds[0]}/ce_kd_logit"]["teacher"],
+        "data": str(root), "classes": classes, "settings": asdict(settings),
         "runs": runs, "workers": sweep.workers or free_cores(), "wall_time_s": round(time.time() - started, 1),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     plot_accuracy(results, out / "accuracy.png")
     return results
-
-
-def _teacher_id(out: Path) -> str:
-    """The zero-shot teacher's id, as its runs recorded it."""
-    for path in sorted((out / ZERO_SHOT).rglob("results.json")):
-        return str(json.loads(path.read_text()).get("teacher", ""))
-    return ""
 
 
 def _mean_and_spread(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
