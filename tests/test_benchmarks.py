@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 
 import pytest
 
@@ -153,7 +154,7 @@ def test_imagenet_repeated_names_get_their_wordnet_id(tmp_path):
     assert read_imagenet(tmp_path).classes == ["crane (n01440764)", "crane (n01443537)", "shark"]
 
 
-def test_simclr_subset_file(tmp_path):
+def test_simclr_subset_file(tmp_path, caplog):
     write_imagenet_tree(tmp_path)
     listed = ["n01440764_train3.JPEG", "n01443537_train0.JPEG", "n01443537_train7.JPEG", "n01484850_train9.JPEG"]
     (tmp_path / "1percent.txt").write_text("\n".join(listed) + "\n")
@@ -164,11 +165,30 @@ def test_simclr_subset_file(tmp_path):
     assert not {p for p, _ in m.val} & {p for p, _ in m.labeled}
     assert len(m.labeled) + len(m.unlabeled) + len(m.val) == 30
     assert m.info["protocol"].startswith("imagenet subset-file")
-    (tmp_path / "1percent.txt").write_text("n09999999_1.JPEG\n")
-    with pytest.raises(ValueError, match="1 of the 1 images in .* are not in the training pool"):
+    (tmp_path / "1percent.txt").write_text("n01440764_missing.JPEG\n")
+    with pytest.raises(ValueError, match="none of the 1 images in .* is in the training pool"):
         splits_for(cfg)
-    with pytest.raises(ConfigError, match="needs data.subset_file"):
-        DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.01, low_shot="file")
+    (tmp_path / "1percent.txt").write_text("n01440764_missing.JPEG\nn01440764_train3.JPEG\n")
+    with caplog.at_level(logging.WARNING, logger="dho"):
+        assert [p.rsplit("/", 1)[1] for p, _ in splits_for(cfg).labeled] == ["n01440764_train3.JPEG"]
+    assert "1 of the 2 images 1percent.txt lists for these classes are not in the training pool" in caplog.text
+    (tmp_path / "1percent.txt").write_text("n09999999_1.JPEG\n")
+    with pytest.raises(ValueError, match="lists no image of this dataset's 3 classes"):
+        splits_for(cfg)
+
+
+def test_subset_list_for_all_of_imagenet_found_under_the_root(tmp_path):
+    """SimCLR's lists name images of all 1000 classes: a subset of ImageNet (Imagenette) keeps its
+    own classes' names; without data.subset_file the list is found by the fraction."""
+    write_imagenet_tree(tmp_path)
+    ours = ["n01440764_train3.JPEG", "n01484850_train9.JPEG"]
+    (tmp_path / "subsets").mkdir()
+    (tmp_path / "subsets" / "10percent.txt").write_text("\n".join(["n09999999_7.JPEG", *ours, "n04399382_1.JPEG"]) + "\n")
+    m = splits_for(DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.1, low_shot="file"))
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in m.labeled) == ours
+    assert m.info["subset_file"] == str(tmp_path / "subsets" / "10percent.txt")
+    with pytest.raises(FileNotFoundError, match="no subset list for fraction 0.01 at .*1percent.txt"):
+        splits_for(DataConfig(root=str(tmp_path), format="imagenet", shots=None, fraction=0.01, low_shot="file"))
 
 
 def test_authors_balanced_subset(tmp_path):

@@ -127,3 +127,14 @@ run:
     assert weights(tmp_path / "cut") == weights(tmp_path / "whole")
     assert json.loads((tmp_path / "cut" / run / "results.json").read_text())["test"] == \
         json.loads((tmp_path / "whole" / run / "results.json").read_text())["test"]
+
+
+def test_a_grid_of_labeled_fractions(tmp_path, synth_root):
+    """Floats below 1 in `shots` are labeled fractions (the paper's 1% / 10% ImageNet subsets)."""
+    sweep, base = load_sweep(_sweep_file(tmp_path, synth_root), ["data.format=imagenet", "data.low_shot=file"])
+    grid = SweepConfig(methods=("dho",), shots=(0.01, 16), seeds=(1,))
+    cfgs = grid.runs(base, tmp_path / "out")
+    frac, shots = cfgs[("zero-shot", 0.01, 1, "dho")], cfgs[("zero-shot", 16, 1, "dho")]
+    assert (frac.data.shots, frac.data.fraction, frac.data.low_shot) == (None, 0.01, "file")
+    assert frac.out == str(tmp_path / "out" / "zero-shot" / "1pct" / "seed1" / "dho")
+    assert (shots.data.shots, shots.out.split("/")[-3]) == (16, "16shot")

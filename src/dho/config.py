@@ -140,7 +140,8 @@ class DataConfig:
     shot_draw: Literal["dho", "coop"] = "dho"  # benchmarks: K shots per class independently, or CoOp's sequential draw
     fewshot_file: str | None = None  # benchmarks: CoOp's split_fewshot/shot_<K>-seed_<S>.pkl, its exact draw
     low_shot: Literal["per_class", "authors", "file"] = "per_class"  # with fraction: how the labeled subset is drawn
-    subset_file: str | None = None  # low_shot=file: image file names, one a line (the SimCLR 1% / 10% lists)
+    # low_shot=file: image file names, one a line; None = SimCLR's <root>/subsets/<100 * fraction>percent.txt
+    subset_file: str | None = None
     manifest_dir: str | None = None  # benchmarks: drawn splits are cached here as JSON manifests
     shots: int | None = 16  # labeled images per class; None -> use `fraction`
     fraction: float | None = None  # labeled fraction per class (low-shot), used when shots is None
@@ -198,8 +199,6 @@ class DataConfig:
             if self.small_classes == "drop" and (self.shot_draw == "coop" or self.fewshot_file):
                 raise ConfigError("data.small_classes=drop cannot change CoOp's draw (data.shot_draw=coop, "
                                   "data.fewshot_file): use take_all or error")
-        if self.low_shot == "file" and self.shots is None and not self.subset_file:
-            raise ConfigError("data.low_shot=file needs data.subset_file (one image file name a line)")
         if self.fewshot_file and (self.format == "folder" or self.shots is None):
             raise ConfigError("data.fewshot_file names CoOp's K-shot draw of a benchmark: it needs a benchmark "
                               "data.format and data.shots")

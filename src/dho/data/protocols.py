@@ -103,10 +103,46 @@ def read_subset_file(path: str | Path) -> set[str]:
     return names
 
 
-def _labeled_from_file(groups: list[list[Item]], path: str, classes: list[str]) -> list[int]:
-    """Per class, how many of its (already ordered) images the subset file lists; reorders each
-    group so the listed images come first. Every listed name must exist in the pool."""
+SUBSET_FILE_NAMES = ("subsets/{pct}percent.txt", "{pct}percent.txt")  # SimCLR's names, under the dataset root
+
+
+def subset_path(pools: Pools, data: DataConfig) -> Path:
+    """``data.subset_file``, or SimCLR's list for ``data.fraction`` (``1percent.txt`` for 0.01)
+    found in ``subsets/`` or at the top of the dataset root."""
+    if data.subset_file:
+        return Path(data.subset_file).expanduser()
+    assert data.fraction is not None  # DataConfig: low_shot=file is a fraction protocol
+    pct = f"{100 * data.fraction:g}"
+    looked = [base / name.format(pct=pct) for base in dict.fromkeys((pools.image_root, pools.image_root.parent))
+              for name in SUBSET_FILE_NAMES]
+    for path in looked:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"data.low_shot=file: no subset list for fraction {data.fraction:g} at "
+                            f"{', '.join(map(str, looked))}; name one with data.subset_file")
+
+
+def listed_images(pools: Pools, data: DataConfig) -> set[str]:
+    """The file names a subset list labels among this dataset's classes. A list written for all of
+    ImageNet (SimCLR's) also names images of classes a subset of it lacks: those are ignored."""
+    path = subset_path(pools, data)
     wanted = read_subset_file(path)
+    wnids = set(pools.info.get("wnids") or ())
+    if wnids:
+        ours = {name for name in wanted if name.partition("_")[0] in wnids or "_" not in name}
+        if len(ours) < len(wanted):
+            log.info("%s: %d of its %d images are of classes this dataset lacks; ignored", path.name,
+                     len(wanted) - len(ours), len(wanted))
+        if not ours:
+            raise ValueError(f"subset file {path} lists no image of this dataset's {len(wnids)} classes")
+        wanted = ours
+    return wanted
+
+
+def _labeled_from_file(groups: list[list[Item]], wanted: set[str], path: Path, classes: list[str]) -> list[int]:
+    """Per class, how many of its (already ordered) images the subset list names; reorders each
+    group so the listed images come first. Listed names missing from the pool are named in a warning
+    (an error when none is there)."""
     found: set[str] = set()
     counts: list[int] = []
     for g in groups:
@@ -115,9 +151,12 @@ def _labeled_from_file(groups: list[list[Item]], path: str, classes: list[str]) 
         g[:] = listed + [it for it in g if Path(it[0]).name not in wanted]
         counts.append(len(listed))
     missing = wanted - found
-    if missing:
-        raise ValueError(f"{len(missing)} of the {len(wanted)} images in {path} are not in the training pool "
+    if missing and not found:
+        raise ValueError(f"none of the {len(wanted)} images in {path} is in the training pool "
                          f"(e.g. {min(missing)!r}); is data.root the matching ImageNet train set?")
+    if missing:  # a subset of ImageNet's images (Imagenette) lacks some listed ones
+        log.warning("%d of the %d images %s lists for these classes are not in the training pool (e.g. %r): "
+                    "%d labeled", len(missing), len(wanted), path.name, min(missing), len(found))
     empty = [classes[i] for i, n in enumerate(counts) if n == 0]
     if empty:
         log.warning("the subset file labels no image of %d class(es), e.g. %r", len(empty), empty[0])
@@ -218,7 +257,7 @@ def _validation(pools: Pools, train: list[list[Item]], data: DataConfig, rng: ra
         info.setdefault("val_source", "the val split")
         return list(pools.val)
     val: list[Item] = []
-    listed = read_subset_file(data.subset_file) if data.shots is None and data.low_shot == "file" and data.subset_file else set()
+    listed = listed_images(pools, data) if data.shots is None and data.low_shot == "file" else set()
     for c, g in enumerate(train):
         free = [it for it in g if Path(it[0]).name not in listed and it not in drawn]
         k = min(k_val, len(free) - 1) if data.val_shots == "coop" else _carve_count(len(free), data.val_fraction)
@@ -245,9 +284,9 @@ def _labeled_counts(pools: Pools, train: list[list[Item]], data: DataConfig, dra
         return [data.shots] * len(train)
     assert data.fraction is not None  # DataConfig: one of shots and fraction is set
     if data.low_shot == "file":
-        assert data.subset_file is not None  # DataConfig: low_shot=file needs it
-        info["subset_file"] = str(data.subset_file)
-        return _labeled_from_file(train, data.subset_file, pools.classes)
+        path = subset_path(pools, data)
+        info["subset_file"] = str(path)
+        return _labeled_from_file(train, listed_images(pools, data), path, pools.classes)
     if data.low_shot == "authors":
         return _authors_counts(train, data.fraction)
     return [max(1, round(len(g) * data.fraction)) for g in train]

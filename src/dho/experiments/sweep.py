@@ -58,12 +58,15 @@ RESULT_COLUMNS = ("teacher", "shots", "seed", "method", "run_dir", "test", "test
                   "alpha", "beta", "wall_time_s")
 
 
+GridKey = tuple[str, int | float, int, str]  # (teacher label, shots or labeled fraction, seed, method)
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """The grid. ``teachers`` maps a label to run-config overrides (``{}`` = the run's teacher)."""
 
     methods: tuple[str, ...] = ("ce", "ce_kd_logit", "dho")
-    shots: tuple[int, ...] = (1, 4, 16)
+    shots: tuple[int | float, ...] = (1, 4, 16)  # K shots per class, or labeled fractions (floats below 1)
     seeds: tuple[int, ...] = (0,)
     teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"zero-shot": {"teacher.adapter": "none"}})
     teacher_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -77,7 +80,7 @@ class SweepConfig:
         if unknown:
             raise ConfigError(f"sweep.teacher_methods names teachers {sorted(unknown)} missing from sweep.teachers")
 
-    def runs(self, base: RunConfig, out: Path) -> dict[tuple[str, int, int, str], RunConfig]:
+    def runs(self, base: RunConfig, out: Path) -> dict[GridKey, RunConfig]:
         """(teacher label, shots, seed, method) -> the run's config."""
         cfgs = {}
         for label, overrides in self.teachers.items():
@@ -85,10 +88,23 @@ class SweepConfig:
                 for seed in self.seeds:
                     for method in self.teacher_methods.get(label, self.methods):
                         cfgs[(label, shots, seed, method)] = base.override({
-                            **overrides, "data.shots": shots, "data.split_seed": seed, "seed": seed,
+                            **overrides, **_labels(shots), "data.split_seed": seed, "seed": seed,
                             "loss.method": method, "eval.teacher": False,
-                            "out": str(out / label / f"{shots}shot" / f"seed{seed}" / method)})
+                            "out": str(out / label / _labels_dir(shots) / f"seed{seed}" / method)})
         return cfgs
+
+
+def _labels(shots: int | float) -> dict[str, Any]:
+    """A grid's labeled amount: K shots per class (an int), or a labeled fraction (a float below 1,
+    drawn by the run's ``data.low_shot`` rule, e.g. SimCLR's 1% / 10% lists with ``file``)."""
+    if isinstance(shots, float) and shots < 1:
+        return {"data.shots": None, "data.fraction": shots}
+    return {"data.shots": int(shots)}
+
+
+def _labels_dir(shots: int | float) -> str:
+    """``16`` -> "16shot", ``0.01`` -> "1pct"."""
+    return f"{100 * shots:g}pct" if isinstance(shots, float) and shots < 1 else f"{int(shots)}shot"
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, RunConfig]:
@@ -171,13 +187,13 @@ def _teacher_accuracy(teacher: Teacher, cache: TeacherCache, manifest: SplitMani
     return score(SplitLogits(labels, teacher=out.logits))["teacher"]
 
 
-def _fit_teachers(cfgs: dict[tuple[str, int, int, str], RunConfig], cache: TeacherCache
-                  ) -> tuple[dict[tuple[str, int, int, str], dict | None], list[dict]]:
+def _fit_teachers(cfgs: dict[GridKey, RunConfig], cache: TeacherCache
+                  ) -> tuple[dict[GridKey, dict | None], list[dict]]:
     """Each few-shot teacher the runs use, fitted on the cached outputs (one per label, shots, seed
     and adapter: with teacher.adapter=auto a CE run has none), as its state; and each label's
     teacher row (its few-shot teacher where it has one), scored on the test split."""
-    adapters: dict[tuple[str, int, int, str], dict | None] = {}
-    rows: dict[tuple[str, int, int], dict] = {}
+    adapters: dict[GridKey, dict | None] = {}
+    rows: dict[tuple[str, int | float, int], dict] = {}
     for (label, shots, seed, _), cfg in sorted(cfgs.items(), key=lambda kv: kv[1].adapter == "none"):
         if (label, shots, seed, cfg.adapter) in adapters:
             continue
@@ -192,7 +208,7 @@ def _fit_teachers(cfgs: dict[tuple[str, int, int, str], RunConfig], cache: Teach
     return adapters, list(rows.values())
 
 
-def _row(label: str, shots: int, seed: int, method: str, run_dir: str, results: dict) -> dict:
+def _row(label: str, shots: int | float, seed: int, method: str, run_dir: str, results: dict) -> dict:
     test = results.get("test", {})
     return {"teacher": label, "shots": shots, "seed": seed, "method": method, "run_dir": run_dir,
             "test": test.get("mixed", test.get("teacher")), "test_ce_head": test.get("ce_head"),
