@@ -32,11 +32,11 @@ def test_train_tune_predict_eval_end_to_end(synth_root, tmp_path, capsys):
     assert code == 0 and len(records) == 8 and len(records[0]["labels"]) == 2
     assert records[0]["scores"][0] >= records[0]["scores"][1]
 
-    code, out, _ = _run(capsys, "predict", str(run / "checkpoint"), str(synth_root / "test" / "*" / "000[01].png"), "--format", "csv")
+    code, out, _ = _run(capsys, "predict", str(run), str(synth_root / "test" / "*" / "000[01].png"), "--format", "csv")
     table = list(csv.reader(io.StringIO(out)))
     assert code == 0 and table[0] == ["path", "label1", "score1"] and len(table) == 1 + 8
 
-    code, out, _ = _run(capsys, "eval", str(run / "checkpoint"), "--teacher", "--out", str(tmp_path / "ev"))
+    code, out, _ = _run(capsys, "eval", str(run), "--teacher", "--out", str(tmp_path / "ev"))  # the run stands for its checkpoint
     scores = json.loads((tmp_path / "ev" / "eval.json").read_text())
     results = json.loads((run / "results.json").read_text())
     assert code == 0 and scores["n"] == 32  # the scores training reported, each model at its own input size
@@ -86,3 +86,41 @@ def test_disk_full_and_out_of_memory_are_one_line(capsys, monkeypatch):
         assert main(["synth", "--out", "x"]) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_one_line_errors_name_what_to_do(tmp_path, capsys, monkeypatch):
+    import dho.cli.app
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")
+    code, _, err = _run(capsys, "report", str(tmp_path / "run"))
+    assert code == 1 and err.startswith(f"dho: error: '{tmp_path / 'run'}' is a training run (no results.csv)")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1e-3\n  epochs: 2\n")
+    for command in ("train", "sweep"):
+        code, _, err = _run(capsys, command, *(["--config", str(bad)] if command == "train" else [str(bad)]))
+        assert code == 2 and err.startswith(f"dho: error: {bad}:3:") and "not valid YAML" in err, err
+        assert len(err.strip().splitlines()) == 1
+
+    def missing(args):
+        (tmp_path / "nothing.txt").read_text()
+
+    monkeypatch.setattr(dho.cli.app, "cmd_synth", missing)
+    code, _, err = _run(capsys, "synth", "--out", "x")
+    assert err.strip() == f"dho: error: no such file or directory: {tmp_path / 'nothing.txt'}"
+    with pytest.raises(FileNotFoundError):  # --traceback: the error itself, for a bug report
+        main(["--traceback", "synth", "--out", "x"])
+
+
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+    """`dho config | head -1`: the reader leaves; no "Broken pipe" traceback or message."""
+    import signal
+
+    import dho.cli.app
+
+    def write_to_closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(dho.cli.app, "cmd_config", write_to_closed_pipe)
+    assert main(["config"]) == 128 + signal.SIGPIPE
+    assert capsys.readouterr().err == ""

@@ -31,11 +31,11 @@ def folder_tree(root, with_splits: bool):
 
 
 FOLDER_CASES = {
-    "flat-shots2": ({"shots": 2}, "826a7582c97a2cd7"),
-    "flat-shots3-seed7": ({"shots": 3, "split_seed": 7}, "b2da322b47b75137"),
-    "flat-fraction": ({"shots": None, "fraction": 0.3}, "1d83107c1d3be93f"),
+    "flat-shots2": ({"shots": 2, "test_fraction": 0.2}, "826a7582c97a2cd7"),
+    "flat-shots3-seed7": ({"shots": 3, "split_seed": 7, "test_fraction": 0.2}, "b2da322b47b75137"),
+    "flat-fraction": ({"shots": None, "fraction": 0.3, "test_fraction": 0.2}, "1d83107c1d3be93f"),
     "flat-cap": ({"shots": 1, "max_unlabeled": 9, "val_fraction": 0.2, "test_fraction": 0.3}, "2fda33c8f0f86b7c"),
-    "flat-drop": ({"shots": 6, "small_classes": "drop"}, "7acc1346a07e7f18"),
+    "flat-drop": ({"shots": 6, "small_classes": "drop", "test_fraction": 0.2}, "7acc1346a07e7f18"),
     "splits-shots2": ({"shots": 2, "_tree": "splits"}, "f8ce1dad787ca530"),
 }
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -183,3 +184,48 @@ def test_overlap_check_reads_only_what_could_match_and_misses_nothing(tmp_path):
     os.chmod(tmp_path / "t0.bin", 0)  # unreadable: left to the decoder, never a crash
     if os.geteuid() != 0:
         assert sum("l0.bin" in line for line in split_overlaps(m)) == 0
+
+
+def test_a_separate_unlabeled_pool(tmp_path):
+    """Labeled class folders and a pool of unlabeled images elsewhere, as users keep them: a
+    folder searched recursively (its sub-folders are not classes), a list file, or a glob."""
+    from dho.config import DataConfig
+    from dho.data.manifest import UNLABELED
+    from dho.data.splits import splits_for
+
+    labeled = make_synthetic_folder(tmp_path / "labeled", classes=("a", "b"), per_class=6)
+    pool = make_synthetic_folder(tmp_path / "pool", classes=("x", "y", "z"), per_class=4, seed=5)  # 12 images, 3 folders
+    m = splits_for(DataConfig(root=str(labeled), shots="all", unlabeled=str(pool)))
+    assert len(m.labeled) + len(m.val) == 12 and m.test == []  # every labeled image used; no test split carved
+    assert len(m.unlabeled) == 12 and all(y == UNLABELED and Path(p).is_absolute() for p, y in m.unlabeled)
+    assert m.info["protocol"] == "folder all labeled, seed 1, val full" and "12 images of" in m.info["unlabeled_source"]
+    m.save(tmp_path / "splits.json")
+    assert SplitManifest.load(tmp_path / "splits.json").unlabeled == m.unlabeled
+    listing = tmp_path / "pool.txt"
+    listing.write_text("# unlabeled\n" + "\n".join(f"pool/x/{p.name}" for p in sorted((pool / "x").iterdir())) + "\n\n")
+    assert len(splits_for(DataConfig(root=str(labeled), shots=2, unlabeled=str(listing))).unlabeled) == 4 + 2 * 3
+    capped = splits_for(DataConfig(root=str(labeled), shots=2, unlabeled=str(tmp_path / "pool" / "*" / "*.png"), max_unlabeled=5))
+    assert len(capped.unlabeled) == 5
+    # the labeled images are not also unlabeled when the pool holds them
+    assert len(splits_for(DataConfig(root=str(labeled), shots=2, unlabeled=str(tmp_path))).unlabeled) == 12 + 6
+    with pytest.raises(ValueError, match="'a' has 5 training images left after carving validation images, fewer than shots=6"):
+        splits_for(DataConfig(root=str(labeled), shots=6))
+    (tmp_path / "missing.txt").write_text("nowhere.png\n")
+    with pytest.raises(FileNotFoundError, match="1 of the 1 images .*missing.txt lists do not exist"):
+        splits_for(DataConfig(root=str(labeled), shots=2, unlabeled=str(tmp_path / "missing.txt")))
+    with pytest.raises(FileNotFoundError, match="no such folder, list file or glob"):
+        splits_for(DataConfig(root=str(labeled), shots=2, unlabeled=str(tmp_path / "nope")))
+
+
+def test_layouts_that_are_not_a_class_tree_are_named(tmp_path):
+    from dho.config import ConfigError, DataConfig
+    from dho.data.splits import splits_for
+
+    make_synthetic_folder(tmp_path / "data" / "labeled", classes=("a", "b"), per_class=3)
+    make_synthetic_folder(tmp_path / "data" / "unlabeled", classes=("u",), per_class=3)
+    with pytest.raises(ValueError, match=r"holds unlabeled/ beside its class folders.*data.root=.*labeled data.unlabeled=.*unlabeled"):
+        splits_for(DataConfig(root=str(tmp_path / "data")))
+    with pytest.raises(ConfigError, match="data.root is not set"):
+        splits_for(DataConfig())
+    with pytest.raises(ConfigError, match="data.shots=all labels every image of a folder tree"):
+        DataConfig(root="x", format="coop", dataset="dtd", shots="all")

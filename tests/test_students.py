@@ -55,6 +55,18 @@ def test_predict_accepts_tensors_and_files(synth_root):
     torch.testing.assert_close(by_path.probs.sum(-1), torch.ones(3))
     top2 = student.predict(files, topk=2)
     assert top2.indices.shape == (3, 2) and all(len(x) == 2 for x in top2.labels)
+    # numpy arrays as PIL / OpenCV hand them over (HWC RGB), one, a list, a batch, or [0, 1] floats
+    import numpy as np
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    for images in (arrays, np.stack(arrays), [a.astype(np.float32) / 255 for a in arrays], [a.transpose(2, 0, 1) for a in arrays]):
+        torch.testing.assert_close(student.predict(images).probs, by_path.probs)
+    torch.testing.assert_close(student.predict(arrays[0]).probs, by_path.probs[:1])
+    grey = np.asarray(Image.open(files[0]).convert("L"))
+    torch.testing.assert_close(student.predict(grey).probs, student.predict(np.repeat(grey[:, :, None], 3, 2)).probs)
+    with pytest.raises(ValueError, match="uint8, or floats in"):
+        student.predict(arrays[0].astype(np.float32))  # 0-255 floats are not [0, 1]
 
 
 def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip):

@@ -131,7 +131,7 @@ run:
 
 def test_a_grid_of_labeled_fractions(tmp_path, synth_root):
     """Floats below 1 in `shots` are labeled fractions (the paper's 1% / 10% ImageNet subsets)."""
-    sweep, base = load_sweep(_sweep_file(tmp_path, synth_root), ["data.format=imagenet", "data.low_shot=file"])
+    _, base = load_sweep(_sweep_file(tmp_path, synth_root), ["data.format=imagenet", "data.low_shot=file"])
     grid = SweepConfig(methods=("dho",), shots=(0.01, 16), seeds=(1,))
     cfgs = grid.runs(base, tmp_path / "out")
     frac, shots = cfgs[("zero-shot", 0.01, 1, "dho")], cfgs[("zero-shot", 16, 1, "dho")]

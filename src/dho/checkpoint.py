@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from .files import DamagedCheckpoint, file_digest, write_file_atomic
 from .students import DualHeadStudent, student_from_spec
 
-__all__ = ["FORMAT_VERSION", "CheckpointMeta", "load_metadata", "load_student", "save_checkpoint", "update_mixing", "versions"]
+__all__ = ["FORMAT_VERSION", "CheckpointMeta", "load_metadata", "load_student", "resolve_checkpoint", "save_checkpoint",
+           "update_mixing", "versions"]
 
 FORMAT_VERSION = 1
 WEIGHTS, METADATA = "model.safetensors", "model.json"
@@ -59,8 +60,19 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint as users name it: its directory or one of its files as given, or a run
+    directory, whose ``checkpoint/`` it is."""
     path = Path(path)
+    if path.suffix not in (".safetensors", ".json") and not (path / METADATA).is_file() \
+            and (path / "checkpoint" / METADATA).is_file():
+        return path / "checkpoint"
+    return path
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, metadata) of a checkpoint (:func:`resolve_checkpoint`)."""
+    path = resolve_checkpoint(path)
     if path.suffix == ".safetensors":
         return path, path.with_suffix(".json")
     if path.suffix == ".json":
@@ -75,7 +87,7 @@ def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights, meta_path = _paths(directory)
+    weights, meta_path = directory / WEIGHTS, directory / METADATA
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     meta = cast(CheckpointMeta, {  # ``metadata`` may replace any entry but the weights' digest
         "format": "dho-student", "format_version": FORMAT_VERSION, "classes": student.classnames,

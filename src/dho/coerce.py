@@ -11,16 +11,34 @@ import functools
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-__all__ = ["ConfigError", "build", "check_choice", "check_literals", "check_positive", "check_range", "set_dotted", "split_override",
-           "to_plain"]
+__all__ = ["ConfigError", "build", "check_choice", "check_literals", "check_positive", "check_range", "read_yaml", "set_dotted",
+           "split_override", "to_plain"]
 
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the offending key."""
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a missing file or a syntax error is a one-line ConfigError that
+    names the file, and for a syntax error the line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
 
 
 def check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -33,12 +51,15 @@ def check_literals(obj: Any, prefix: str) -> None:
     """Every field of the dataclass ``obj`` annotated ``Literal[...]`` (or an optional one) holds one
     of its values: the annotation is the one place a config's choices are written."""
     cls: Any = type(obj)
-    for name, choices in _literal_fields(cls).items():
-        check_choice(f"{prefix}{name}", getattr(obj, name), choices)
+    for name, (choices, others) in _literal_fields(cls).items():
+        value = getattr(obj, name)
+        if not (others and isinstance(value, others) and not isinstance(value, bool)):  # int | Literal["all"]: 16 or "all"
+            check_choice(f"{prefix}{name}", value, choices)
 
 
 @functools.cache
-def _literal_fields(cls: Any) -> dict[str, tuple[Any, ...]]:
+def _literal_fields(cls: Any) -> dict[str, tuple[tuple[Any, ...], tuple[type, ...]]]:
+    """Field name -> (its literal choices, with None when optional; the other types it takes)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
@@ -46,7 +67,8 @@ def _literal_fields(cls: Any) -> dict[str, tuple[Any, ...]]:
         parts = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
         literals = [a for a in parts if typing.get_origin(a) is Literal]
         if literals:
-            out[f.name] = tuple(v for a in literals for v in typing.get_args(a)) + ((None,) if type(None) in parts else ())
+            others = tuple(a for a in parts if isinstance(a, type) and a is not type(None))
+            out[f.name] = (tuple(v for a in literals for v in typing.get_args(a)) + ((None,) if type(None) in parts else ()), others)
     return out
 
 
@@ -100,6 +122,9 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+_YAML_BOOL_WORDS = {False: ("off", "no", "false", "n"), True: ("on", "yes", "true", "y")}
+
+
 def _did_you_mean(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -126,6 +151,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Coerce a YAML/CLI value to the annotated field type, or raise a one-line ConfigError."""
     if isinstance(value, _Text):
         text = str(value)
+        if typing.get_origin(tp) is Literal and text in typing.get_args(tp):  # 'off' is a choice, not YAML's false
+            return text
         if not _takes_text(tp):
             return _coerce(tp, _parse_scalar(text), key)
         if text.strip() in ("null", "~") and type(None) in typing.get_args(tp):
@@ -146,6 +173,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0])
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off / on / no / yes as booleans
+            value = next((c for c in _YAML_BOOL_WORDS[value] if c in args), value)
         check_choice(key, value, args)
         return value
     if origin is tuple:

@@ -14,7 +14,18 @@ from typing import Any, Literal
 
 import yaml
 
-from .coerce import ConfigError, build, check_choice, check_literals, check_positive, check_range, set_dotted, split_override, to_plain
+from .coerce import (
+    ConfigError,
+    build,
+    check_choice,
+    check_literals,
+    check_positive,
+    check_range,
+    read_yaml,
+    set_dotted,
+    split_override,
+    to_plain,
+)
 from .files import write_text_atomic
 from .methods import METHOD_SPECS
 
@@ -48,21 +59,23 @@ class TeacherConfig:
     probabilities reach the task's classes through a text embedder (``bridge_tau`` its temperature).
     """
 
+    # the teacher: an open_clip CLIP model, the offline ImageNet-classifier stand-in, or a synthetic one (tests)
     kind: Literal["openclip", "imagenet-bridge", "synthetic"] = "synthetic"
-    model: str = "RN50"
-    pretrained: str | None = None
+    model: str = "RN50"  # openclip: the model name (RN50, ViT-B-16, ...)
+    pretrained: str | None = None  # openclip: an open_clip tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint file
     templates: str = "auto"  # "auto": the set named after data.dataset, else "default"
-    zeta: float = 0.01
-    image_size: int | None = None  # None: the model's own input size
+    zeta: float = 0.01  # the teacher's cosine-logit temperature: logits = cos(image, class) / zeta
+    image_size: int | None = None  # None: the model's own input size (imagenet-bridge: 160)
     quick_gelu: bool | None = None  # openclip: None = QuickGELU when the weights want it (OpenAI's)
     # w_c from a class's prompt embeddings (each normalised, averaged): normalised again (the paper),
     # or "mean" without (the authors' DFN teacher)
     class_embedding: Literal["renormalized", "mean"] = "renormalized"
-    # imagenet-bridge only (chosen on CIFAR-10's and Caltech101's validation images, docs/benchmarks.md):
-    # its text bridge's temperature, its ImageNet classifier, and WordNet's hierarchy with each class
-    # name's first or every noun sense; its input size is 160 px unless image_size says otherwise
+    # imagenet-bridge (its three choices measured on CIFAR-10's and Caltech101's validation images,
+    # docs/benchmarks.md; its input size is 160 px unless image_size says otherwise): the text bridge's temperature
     bridge_tau: float = 0.05
+    # imagenet-bridge: its ImageNet classifier
     bridge_backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "efficientnet_lite2"
+    # imagenet-bridge: WordNet's noun hierarchy off, with each class name's first noun sense, or every sense
     bridge_wordnet: Literal["off", "first", "all"] = "all"
     embed_dim: int = 64  # synthetic teacher only
     seed: int = 0  # synthetic teacher only
@@ -97,16 +110,16 @@ class StudentConfig:
     """The student backbone (a timm, torchvision or open_clip name) and its two heads. An open_clip
     student is the model's image tower; ``pretrained`` loads OpenAI's weights, ``weights`` a tag or file."""
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # a timm, torchvision or open_clip model name (resnet18, efficientnet_lite0, ViT-B-16, ...)
     source: Literal["auto", "timm", "torchvision", "open_clip"] = "auto"  # open_clip: a CLIP image tower
-    pretrained: bool = False
+    pretrained: bool = False  # start from the backbone's ImageNet (or CLIP) weights
     weights: str | None = None  # local weights file for the backbone (safetensors or .pt)
     torchvision_weights: str = "IMAGENET1K_V1"  # with pretrained: the authors' (pretrained=True); DEFAULT = newest
     keep_dropout: bool = False  # torchvision: keep the Dropout before the classifier (MobileNetV2's 0.2)
-    image_size: int = 224
+    image_size: int = 224  # input size in pixels (square)
     quick_gelu: bool | None = None  # CLIP towers: None = QuickGELU when the weights want it (OpenAI's)
-    ce_head: Literal["linear", "cosine", "mlp"] = "linear"
-    kd_head: Literal["linear", "cosine", "mlp"] = "linear"
+    ce_head: Literal["linear", "cosine", "mlp"] = "linear"  # the head trained on the labels
+    kd_head: Literal["linear", "cosine", "mlp"] = "linear"  # the head trained on the teacher
     zeta: float = 0.01  # cosine head scale is 1 / zeta
     cosine_normalize_weight: bool = False  # False = the authors' code (features normalised only)
     cosine_bias: Literal["scaled", "unscaled"] = "scaled"  # scaled: (W z/|z| + b) / zeta, the authors' code
@@ -114,7 +127,7 @@ class StudentConfig:
     # a CLIP student's own text embeddings for language_init: the plain mean of the raw prompt
     # embeddings (the authors' code) or the normalised zero-shot head ("renormalized")
     language_init_embedding: Literal["raw_mean", "renormalized"] = "raw_mean"
-    mlp_dropout: float = 0.0
+    mlp_dropout: float = 0.0  # dropout inside mlp heads
     freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
     # a step's labeled and unlabeled batches: two forward passes, each with its own BatchNorm batch
     # statistics ("separate", the authors' small-dataset code), or one of both ("joint", their ImageNet code)
@@ -132,7 +145,7 @@ class DataConfig:
     """Where the images are (an ImageFolder tree, or a benchmark in CoOp's layout) and how to split
     them into labeled, unlabeled, validation and test."""
 
-    root: str = ""
+    root: str = ""  # the dataset: an ImageFolder tree, or a benchmark's root
     format: Literal["folder", "coop", "fgvc", "imagenet"] = "folder"  # coop: split_zhou_<Name>.json; fgvc: txt lists
     dataset: str | None = None  # a benchmark name (e.g. dtd); picks the split file and the prompt templates
     split_file: str | None = None  # coop: the split JSON; imagenet: classnames.txt (default: found under root)
@@ -143,16 +156,20 @@ class DataConfig:
     # low_shot=file: image file names, one a line; None = SimCLR's <root>/subsets/<100 * fraction>percent.txt
     subset_file: str | None = None
     manifest_dir: str | None = None  # benchmarks: drawn splits are cached here as JSON manifests
-    shots: int | None = 16  # labeled images per class; None -> use `fraction`
+    shots: int | Literal["all"] | None = 16  # labeled images per class; all = every labeled image; None -> use `fraction`
     fraction: float | None = None  # labeled fraction per class (low-shot), used when shots is None
-    split_seed: int = 1
+    split_seed: int = 1  # seed of the labeled / unlabeled / validation draw
     val_fraction: float = 0.1  # carved per class from train/ when there is no val/ folder
-    test_fraction: float = 0.2  # carved per class when the root is a single class folder tree
+    # carved per class for a test split when a folder tree has no test/; 0 = no test split (validation only)
+    test_fraction: float = 0.0
+    # the unlabeled stream beside data.root's labeled images: a folder (searched recursively; its
+    # sub-folder names are not labels), a text file of image paths (relative to the file), or a glob
+    unlabeled: str | None = None
     max_unlabeled: int | None = None  # a class-balanced random subset of the unlabeled pool
     in_memory: bool = True  # decode every image once and keep the uint8 tensors
     view_size: int | None = None  # training crops are made at this size; None = the larger model size
     num_views: int | None = None  # distinct augmented views per image (pass p replays view p % n); None = new each pass
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes decoding images (0 = in the training process)
     device_crops: bool | None = None  # crop in-memory images on the training device; None = on a GPU
     skip_bad: bool = False  # audit every image first (`dho data check`) and train without the bad ones
     small_classes: Literal["error", "drop", "take_all"] = "error"  # a class with fewer training images than shots
@@ -169,14 +186,19 @@ class DataConfig:
         check_positive("data.max_unlabeled", self.max_unlabeled, allow_zero=True)
         if self.shots is None and self.fraction is None:
             raise ConfigError("data.shots and data.fraction are both null: set one of them")
-        if self.shots is not None:
+        if self.shots is not None and self.shots != "all":
             check_positive("data.shots", self.shots)
+        if self.shots == "all" and (self.format != "folder" or self.fraction is not None):
+            raise ConfigError("data.shots=all labels every image of a folder tree (data.format=folder, no data.fraction)")
+        if self.unlabeled is not None and self.format != "folder":
+            raise ConfigError("data.unlabeled adds a folder of unlabeled images to a folder tree (data.format=folder); "
+                              "a benchmark's unlabeled images are its training split")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ConfigError(f"data.fraction={self.fraction!r} must be in (0, 1]")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in [0, 1)")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in (0, 1)")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in [0, 1)")
         if self.view_size is not None:
             check_positive("data.view_size", self.view_size)
         if self.num_views is not None:
@@ -215,9 +237,9 @@ class LossConfig:
 
     # the names of dho.methods.METHOD_SPECS, in its order
     method: Literal["ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad", "dho"] = "dho"
-    ce_weight: float = 0.5
-    kd_weight: float = 0.5
-    temperature: float = 2.0
+    ce_weight: float = 0.5  # weight of the cross-entropy term on labeled images
+    kd_weight: float = 0.5  # weight of the distillation term
+    temperature: float = 2.0  # distillation temperature (teacher and student logits divided by it)
     kd_reduction: Literal["sum", "mean"] = "sum"  # "sum" = the authors' code
     feature_weight: float | None = None  # feature-KD MSE weight; None = ln(C) / 2, the CE scale at chance
     # method=dhkd: "authors" = DHKD's code, CE on h_CE + BinaryKL-Norm on the auxiliary head (no KD on h_CE);
@@ -236,19 +258,21 @@ class LossConfig:
 class OptimConfig:
     """AdamW, the schedule, and how long an epoch is."""
 
-    epochs: int = 200
+    epochs: int = 200  # passes over the labeled set (or the unlabeled set, epoch_mode)
     batch_size: int = 64  # per stream: a step sees batch_size labeled + batch_size unlabeled
+    # what one epoch is: a pass over the labeled set (the small datasets) or the unlabeled set (ImageNet)
     epoch_mode: Literal["labeled", "unlabeled"] = "labeled"
     # steps per epoch = ceil(n / batch_size): the authors' loaders keep the last partial batch; floor drops it
     epoch_rounding: Literal["ceil", "floor"] = "ceil"
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 1e-2  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    # learning-rate schedule over the run's steps
     schedule: Literal["cosine", "linear_warmup", "warmup_cosine", "constant"] = "linear_warmup"
     warmup_fraction: float = 0.1  # linear_warmup / warmup_cosine, unless warmup_steps is set
-    warmup_steps: int | None = None
+    warmup_steps: int | None = None  # warm-up steps (overrides warmup_fraction)
     max_steps: int | None = None  # cap on total steps (quick runs)
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop scale range of the training views
 
     def __post_init__(self) -> None:
         check_literals(self, "optim.")
@@ -270,14 +294,14 @@ class OptimConfig:
 class EvalConfig:
     """Inference-time mixing. Grid search on validation only; fallbacks when there is none."""
 
-    batch_size: int = 256
+    batch_size: int = 256  # images per evaluation batch
     eval_every: int = 0  # epochs between validation passes during training; 0 = only at the end
     keep: Literal["last", "best"] = "last"  # "best" keeps the epoch with the best validation mix
     teacher: bool = True  # also score the teacher on validation and test
     # alpha/beta without validation data; alpha None = the paper's: 0.4 with a zero-shot teacher,
     # 0.2 with a few-shot one (teacher.adapter), 0.5 in the low-shot setting (data.fraction)
     alpha: float | None = None
-    beta: float = 0.5
+    beta: float = 0.5  # the KD head's temperature in the mix without validation data
     conflict_every: int = 0  # steps between gradient-conflict measurements (metrics.jsonl); 0 = off
     # "per_sample": the paper's Fig. 4, the mean over labeled images of each image's CE-vs-KD gradient cosine;
     # "batch": one cosine between the whole batch's gradients, unlabeled rows included
@@ -305,14 +329,14 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # seed of initialisation, augmentation and batch order
+    device: str = "auto"  # auto (a GPU when there is one), cpu, cuda, cuda:N or mps
     threads: int | None = None  # torch threads; None = the free cores
     channels_last: bool = True  # NHWC memory layout for convolutional students
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs (measured)
     compile: bool = False  # torch.compile the student's backbone
     checkpoint_every: int = 500  # steps between resumable training states (state/last); 0 = only at the end
-    out: str = "runs/dho"
+    out: str = "runs/dho"  # the run directory
 
     def __post_init__(self) -> None:
         check_literals(self, "")
@@ -353,13 +377,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = read_yaml(path) or {}
     cfg = RunConfig.from_dict(data)
     return cfg.override(overrides or [])
 

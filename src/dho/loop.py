@@ -83,7 +83,7 @@ class RunResult:
 
 
 def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = None,
-          teacher_cache: TeacherCache | None = None, resume: bool = False) -> RunResult:
+          teacher_cache: TeacherCache | None = None, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train a student as configured; write the run directory; return its results.
 
     ``teacher`` reuses an already built teacher (it must match ``cfg.teacher``; a
@@ -91,14 +91,24 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     ``teacher_cache`` replays the base teacher's outputs of views seen before (e.g. by another
     method or shot count on the same seed); without one, ``teacher.cache`` names a store on disk.
     ``resume`` continues the run in ``cfg.out`` from its saved state (``state/last``, else
-    ``state/previous``); the result is the one an uninterrupted run gives. SIGINT/SIGTERM finish
+    ``state/previous``); the result is the one an uninterrupted run gives. A fresh run refuses a
+    directory that holds a finished or an interrupted run unless ``overwrite``; the directory is
+    locked while the run writes it. SIGINT/SIGTERM finish
     the current step, save the state and raise :class:`TrainingInterrupted`; a NaN or infinite loss
     term saves the last good state and raises :class:`NonFiniteLoss`.
     Under ``torchrun`` every process calls this; rank 0 writes the run directory.
     """
     # ---- set-up: process, device, run directory, resumed state, the split -----------------------
     started = time.time()
-    run = start_run(cfg, resume)
+    run = start_run(cfg, resume, overwrite)
+    try:
+        return _train(cfg, run, started, progress, teacher, teacher_cache)
+    finally:
+        run.dir.release()
+
+
+def _train(cfg: RunConfig, run: Started, started: float, progress: bool, teacher: Teacher | None,
+           teacher_cache: TeacherCache | None) -> RunResult:
     ctx, device, resumed = run.ctx, run.device, run.resumed
     spec, frozen = METHOD_SPECS[cfg.loss.method], cfg.student.freeze_backbone
     manifest = load_splits(cfg, run)

@@ -102,13 +102,19 @@ class DualHeadStudent(nn.Module):
     @torch.no_grad()
     def predict(self, images: Any, alpha: float | None = None, beta: float | None = None,
                 topk: int | None = None, batch_size: int = 256) -> Prediction:
-        """Labels and mixed probabilities for images: a uint8/[0,1] tensor [N, 3, H, W] or [3, H, W],
-        or a list of file paths / PIL images (resized and centre-cropped to the input size)."""
-        from .data.images import decode_image, eval_view, to_uint8_tensor
+        """Labels and mixed probabilities for images: a uint8/[0,1] tensor [N, 3, H, W] or [3, H, W]
+        at the input size, or file paths, PIL images or numpy arrays ([H, W, 3] uint8 or [0, 1]
+        floats, one or a list, or [N, H, W, 3]; resized and centre-cropped to the input size)."""
+        import numpy as np
 
+        from .data.images import array_to_uint8_tensor, decode_image, eval_view, to_uint8_tensor
+
+        if isinstance(images, np.ndarray) and images.ndim < 4:
+            images = [images]  # one HWC (or grey, or CHW) array; [N, H, W, 3] is a batch
         if not isinstance(images, Tensor):
             items = [images] if isinstance(images, (str, Path)) or hasattr(images, "convert") else list(images)
-            views = [decode_image(x) if isinstance(x, (str, Path)) else to_uint8_tensor(x) for x in items]
+            views = [decode_image(x) if isinstance(x, (str, Path)) else array_to_uint8_tensor(x) if isinstance(x, np.ndarray)
+                     else to_uint8_tensor(x) for x in items]
             images = torch.stack([eval_view(v, self.preprocess.size) for v in views])
         elif images.dim() == 3:
             images = images.unsqueeze(0)

@@ -6,13 +6,17 @@ This module is the grammar (the parser) and the error reporting; :mod:`dho.cli.c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import os
+import signal
 import sys
 from typing import Any
 
 from .commands import (
     cmd_cache_teacher,
+    cmd_config,
     cmd_data_check,
     cmd_demo,
     cmd_eval,
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also the libraries' own progress notes (open_clip, sentence-transformers, ...)")
+    parser.add_argument("--traceback", action="store_true", help="on an error, the full traceback instead of one line")
     parser.add_argument("--version", action="version", version=f"dho {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_commands(sub)
@@ -54,6 +59,8 @@ def _run_commands(sub: Any) -> None:
     p.add_argument("--config", help="YAML config (defaults when omitted)")
     p.add_argument("--out", help="run directory (same as out=DIR)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from RUN/state (its own config)")
+    p.add_argument("--exist-ok", action="store_true", help="replace the finished or interrupted run in the run directory "
+                   "(without it a finished run is never overwritten; the default runs/dho becomes runs/dho2, ...)")
     p.add_argument("--skip-bad", action="store_true", help="check every image first and train without undecodable ones "
                    "(listed in RUN/bad_files.json)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
@@ -84,7 +91,7 @@ def _run_commands(sub: Any) -> None:
 def _student_commands(sub: Any) -> None:
     """Commands for a trained student: export, eval, tune, predict."""
     p = sub.add_parser("export", help="one ONNX/TorchScript graph: uint8 images -> mixed probabilities; checked, with a model card")
-    p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
+    p.add_argument("checkpoint", help="a run directory, its checkpoint directory or its model.safetensors")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", required=True, help="the model file to write (e.g. student.onnx); the card goes beside it (.md)")
     p.add_argument("--heads", action="store_true", help="also output each head's probabilities")
@@ -113,7 +120,7 @@ def _student_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("predict", help="predict image files, folders or globs")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a run directory, its checkpoint directory or its model.safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--topk", type=_positive_int, default=1)
@@ -176,6 +183,10 @@ def _other_commands(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_zeroshot)
 
+    p = sub.add_parser("config", help="every config key: its default, type and what it does")
+    p.add_argument("--section", help="only this section's keys (teacher, student, data, loss, optim, eval)")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("synth", help="write a small synthetic ImageFolder dataset")
     p.add_argument("--out", required=True)
     p.add_argument("--train", type=_positive_int, default=60, help="training images per class")
@@ -197,7 +208,7 @@ def _other_commands(sub: Any) -> None:
 
 
 def _checkpoint_args(p: argparse.ArgumentParser, default_split: str) -> None:
-    p.add_argument("checkpoint", help="a run's checkpoint directory or its model.safetensors")
+    p.add_argument("checkpoint", help="a run directory, its checkpoint directory or its model.safetensors")
     p.add_argument("--split", default=default_split, choices=SPLITS, help=f"split of the run (default {default_split})")
     p.add_argument("--data", help="an ImageFolder tree to use instead of the run's split")
     p.add_argument("--device", default="cpu")
@@ -229,8 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..training.stopping import TrainingInterrupted
 
+    if getattr(args, "checkpoint", None):  # a run directory stands for its checkpoint/
+        from ..checkpoint import resolve_checkpoint
+
+        args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     try:
         return args.func(args)
+    except BrokenPipeError:  # `dho ... | head`: the reader left; stop quietly, as a killed writer would
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except TrainingInterrupted as err:
         print(f"dho: {err}", file=sys.stderr)
         return 128 + err.signum
@@ -238,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         print("dho: interrupted", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError, FloatingPointError) as err:
+        if args.traceback:
+            raise
         print(f"dho: error: {_describe(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
 
@@ -245,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 def _describe(err: BaseException) -> str:
     """One line: the error's first line, with what to do for the failures a user can fix."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, OSError) and err.strerror and err.filename and text.startswith("[Errno"):
+        text = f"{err.strerror.lower()}: {err.filename}"  # not "[Errno 2] No such file or directory: 'x'"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         where = f" writing {err.filename}" if err.filename else ""
         return (f"no space left on the device{where}; free some space and run again "

@@ -19,6 +19,7 @@ from ..files import write_text_atomic
 
 __all__ = [
     "cmd_cache_teacher",
+    "cmd_config",
     "cmd_data_check",
     "cmd_demo",
     "cmd_eval",
@@ -66,6 +67,7 @@ def _write_json(out: str | None, name: str, data: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..loop import train
+    from ..training.rundir import next_free_run_dir
 
     overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
     if args.resume:  # the run's own resolved config; overrides may only change where and how fast it runs
@@ -77,17 +79,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(run / "config.yaml", [*overrides, f"out={run}"])
     else:
         cfg = load_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
+        if not args.exist_ok and not _names_out(args, overrides):  # the default directory: runs/dho, runs/dho2, ...
+            cfg = cfg.override({"out": str(next_free_run_dir(cfg.out))})
     try:
-        result = train(cfg, progress=_progress(), resume=bool(args.resume))
+        result = train(cfg, progress=_progress(), resume=bool(args.resume), overwrite=args.exist_ok)
     finally:
         _end_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return 0
     r = result.results
-    _print_scores(f"{r['method']} on {cfg.data.root}: test accuracy", r["test"])
+    if r["test"]:
+        _print_scores(f"{r['method']} on {cfg.data.root}: test accuracy", r["test"])
+    else:  # no test split (a folder tree without test/): the validation images alpha/beta were tuned on
+        _print_scores(f"{r['method']} on {cfg.data.root}: validation accuracy (no test split; alpha/beta tuned on it)", r["val"])
     print(f"  alpha={r['alpha']:.2f} beta={r['beta']:.2f} ({r['selection']})")
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _names_out(args: argparse.Namespace, overrides: list[str]) -> bool:
+    """Whether the user chose the run directory (--out, out=DIR, or the config file's out)."""
+    from ..coerce import read_yaml
+
+    if args.out or any(o.partition("=")[0].strip() == "out" for o in overrides):
+        return True
+    data = read_yaml(args.config) if args.config else None
+    return isinstance(data, dict) and "out" in data
 
 
 def _end_process_group() -> None:
@@ -242,6 +259,13 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     scores = zeroshot_accuracy(cfg, args.split, progress=_progress())
     print(f"{scores['teacher_id']} zero-shot on {cfg.data.root} [{args.split}, n={scores['n']}]: {_pct(scores['teacher']).strip()}")
     _write_json(args.out, "zeroshot.json", scores)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from ..config_keys import config_keys, format_keys
+
+    print(format_keys(config_keys(args.section)))
     return 0
 
 

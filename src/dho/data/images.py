@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -20,7 +21,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import decode
 
-__all__ = ["IMAGE_EXTENSIONS", "CropParams", "apply_crop", "crop_params", "decode_image", "eval_view", "to_uint8_tensor"]
+__all__ = ["IMAGE_EXTENSIONS", "CropParams", "apply_crop", "array_to_uint8_tensor", "crop_params", "decode_image", "eval_view",
+           "to_uint8_tensor"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -29,6 +31,29 @@ def to_uint8_tensor(image: Image.Image) -> Tensor:
     """PIL image -> uint8 [3, H, W] (RGB), converted by the decode policy (EXIF, alpha on white, ...)."""
     array, _ = decode.to_rgb(image)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def array_to_uint8_tensor(array: np.ndarray) -> Tensor:
+    """A numpy image as image libraries hand it over -> uint8 [3, H, W]: [H, W, 3] RGB or
+    [H, W, 4] RGBA (HWC, as PIL and OpenCV arrays are; OpenCV's BGR order must be flipped first),
+    [H, W] grey, or [3, H, W]; uint8, or floats in [0, 1]."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # CHW
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be [H, W], [H, W, 3|4] or [3, H, W], not {list(a.shape)}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating) or (a.size and not 0 <= a.min() <= a.max() <= 1):
+            raise ValueError(f"an image array must be uint8, or floats in [0, 1] (got {a.dtype})")
+        a = np.rint(a * 255.0).astype(np.uint8)
+    if a.shape[2] == 4:  # alpha on white, as decoded files are
+        rgb, alpha = a[:, :, :3].astype(np.float32), a[:, :, 3:].astype(np.float32) / 255.0
+        a = np.rint(rgb * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return torch.from_numpy(np.array(a, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()  # a copy: writable
 
 
 def decode_image(path: str | Path) -> Tensor:

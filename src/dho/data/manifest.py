@@ -9,9 +9,10 @@ from typing import Any, TypedDict
 
 from ..files import write_file_atomic
 
-__all__ = ["SPLITS", "Item", "SplitInfo", "SplitManifest"]
+__all__ = ["SPLITS", "UNLABELED", "Item", "SplitInfo", "SplitManifest"]
 
-Item = tuple[str, int]  # (path relative to the dataset root, class index)
+Item = tuple[str, int]  # (path relative to the dataset root, or absolute outside it; class index)
+UNLABELED = -1  # the class index of an unlabeled image whose class nobody knows (data.unlabeled)
 SPLITS = ("labeled", "unlabeled", "val", "test")
 
 
@@ -19,7 +20,7 @@ class SplitInfo(TypedDict, total=False):
     """How a manifest was drawn (``splits.json``'s ``info``, results.json's ``split``)."""
 
     seed: int
-    shots: int | None
+    shots: int | str | None  # str: "all"
     fraction: float | None
     protocol: str  # e.g. "caltech101 16-shot, seed 1, val full"
     shot_draw: str
@@ -38,6 +39,7 @@ class SplitInfo(TypedDict, total=False):
     class_subset: list[int]  # evaluation scores these class indices only
     bad_files: list[dict[str, Any]]  # images left out (data.skip_bad)
     overlaps: int  # images found in two splits
+    unlabeled_source: str  # data.unlabeled: where the unlabeled stream's other images came from
 
 
 @dataclass
@@ -78,7 +80,8 @@ class SplitManifest:
         if len(set(manifest.classes)) != len(manifest.classes):
             raise ValueError(f"{path}: the class list repeats a name")
         for key in SPLITS:
-            if any(not 0 <= y < len(manifest.classes) for _, y in manifest.split(key)):
+            low = UNLABELED if key == "unlabeled" else 0
+            if any(not low <= y < len(manifest.classes) for _, y in manifest.split(key)):
                 raise ValueError(f"{path}: a {key} label is not an index into its {len(manifest.classes)} classes")
         return manifest
 

@@ -205,13 +205,15 @@ def protocol_manifest(pools: Pools, data: DataConfig) -> SplitManifest:
         _check_file_shots(pools.classes, [len(g) for g in train], drawn, data)
         info["fewshot_file"] = str(data.fewshot_file)
     elif data.shot_draw == "coop":
-        assert data.shots is not None  # DataConfig: CoOp's draw needs data.shots
+        assert isinstance(data.shots, int)  # DataConfig: CoOp's draw needs K shots of a benchmark
         _small_classes(pools.classes, [len(g) for g in train], [data.shots] * n, data.small_classes, where)
         drawn = set(coop_fewshot(pools.train, data.shots, rng))
     val = _validation(pools, train, data, rng, drawn, info, keys, coop_val)
     counts = _labeled_counts(pools, train, data, drawn, info)
     classes, test = list(pools.classes), list(pools.test)
-    dropped = _small_classes(classes, [len(g) for g in train], counts, data.small_classes, where)
+    carved = [name for name, key in (("validation", "val_source"), ("test", "test_source")) if "carved" in str(info.get(key, ""))]
+    dropped = _small_classes(classes, [len(g) for g in train], counts, data.small_classes, where,
+                             f" left after carving {' and '.join(carved)} images" if carved else "")
     if dropped:
         info["dropped_classes"] = [classes[c] for c in dropped]
         keep = [c for c in range(n) if c not in dropped]
@@ -243,7 +245,7 @@ def _validation(pools: Pools, train: list[list[Item]], data: DataConfig, rng: ra
     """The validation images: from the val split (``coop_val``: those CoOp's file names), or carved
     out of ``train`` (which loses them) where there is none, never from images labeled by a subset
     file or CoOp's draw (``drawn``)."""
-    seed, k_val = data.split_seed, min(data.shots or COOP_VAL_SHOTS, COOP_VAL_SHOTS)
+    seed, k_val = data.split_seed, min(data.shots, COOP_VAL_SHOTS) if isinstance(data.shots, int) else COOP_VAL_SHOTS
     if pools.val:
         if data.val_shots == "coop" and coop_val is not None:
             info["val_source"] = f"the {len(coop_val)} val images of {Path(str(data.fewshot_file)).name}"
@@ -280,6 +282,8 @@ def _labeled_counts(pools: Pools, train: list[list[Item]], data: DataConfig, dra
         for g in train:
             g[:] = [it for it in g if it in drawn] + [it for it in g if it not in drawn]
         return [sum(it in drawn for it in g) for g in train]
+    if data.shots == "all":
+        return [len(g) for g in train]
     if data.shots is not None:
         return [data.shots] * len(train)
     assert data.fraction is not None  # DataConfig: one of shots and fraction is set
@@ -292,15 +296,17 @@ def _labeled_counts(pools: Pools, train: list[list[Item]], data: DataConfig, dra
     return [max(1, round(len(g) * data.fraction)) for g in train]
 
 
-def _small_classes(classes: list[str], sizes: list[int], counts: list[int], policy: str, where: str) -> list[int]:
+def _small_classes(classes: list[str], sizes: list[int], counts: list[int], policy: str, where: str,
+                   after: str = "") -> list[int]:
     """Classes with fewer training images than they label; an error unless ``policy`` says what to
-    do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have."""
+    do: ``drop`` returns them (to leave the task), ``take_all`` labels all they have. ``after``
+    says what was taken from the class first (" left after carving validation images")."""
     small = [(c, have, k) for c, (have, k) in enumerate(zip(sizes, counts)) if have < k]
     if not small:
         return []
     (first_c, have, k), rest = small[0], [repr(classes[c]) for c, _, _ in small[1:]]
     first = (f"class {classes[first_c]!r} has no training images in {where}" if have == 0
-             else f"class {classes[first_c]!r} has {have} training images, fewer than shots={k}")
+             else f"class {classes[first_c]!r} has {have} training images{after}, fewer than shots={k}")
     more = f" (so do {', '.join(rest[:5])}{', ...' if len(rest) > 5 else ''})" if rest else ""
     if policy == "error":
         raise ValueError(f"{first}{more}; set data.small_classes=drop or take_all to train anyway")
@@ -317,7 +323,7 @@ def _small_classes(classes: list[str], sizes: list[int], counts: list[int], poli
 def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], data: DataConfig) -> None:
     """CoOp's file must hold ``data.shots`` images of each class (of a smaller class, some: CoOp
     may have drawn it with replacement)."""
-    assert data.shots is not None  # DataConfig: a CoOp file needs data.shots
+    assert isinstance(data.shots, int)  # DataConfig: a CoOp file needs K shots of a benchmark
     counts = [0] * len(classes)
     for _, y in drawn:
         counts[y] += 1
@@ -330,7 +336,9 @@ def _check_file_shots(classes: list[str], sizes: list[int], drawn: set[Item], da
 
 
 def _protocol_name(data: DataConfig) -> str:
-    if data.shots is not None:
+    if data.shots == "all":
+        what = "all labeled"
+    elif data.shots is not None:
         what = f"{data.shots}-shot"
     else:
         what = {"file": "subset-file", "authors": f"balanced-random-seed{AUTHORS_SUBSET_SEED}",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from ..coerce import ConfigError
 from .benchmarks import Pools
-from .folders import list_classes, scan_folder
-from .manifest import SPLITS, Item, SplitInfo, SplitManifest
+from .folders import check_not_split_layout, list_classes, scan_folder, unlabeled_images
+from .manifest import SPLITS, UNLABELED, Item, SplitInfo, SplitManifest
 from .protocols import benchmark_manifest, carve, protocol_manifest
 
 if TYPE_CHECKING:
@@ -22,13 +25,14 @@ log = logging.getLogger(__name__)
 
 def make_splits(
     root: str | Path, *, shots: int | None = 16, fraction: float | None = None, seed: int = 1,
-    val_fraction: float = 0.1, test_fraction: float = 0.2, max_unlabeled: int | None = None,
+    val_fraction: float = 0.1, test_fraction: float = 0.0, max_unlabeled: int | None = None,
     small_classes: str = "error", exclude: Collection[str] = (),
 ) -> SplitManifest:
     """Split an ImageFolder tree (the keyword arguments are :class:`dho.config.DataConfig`'s).
 
-    ``root`` holds train/ (and optionally val/, test/), or directly the class folders, in which
-    case test (``test_fraction``) and validation are carved per class. A missing val/ is carved
+    ``root`` holds train/ (and optionally val/, test/), or directly the class folders; without
+    test/, ``test_fraction`` of each class is carved as test (0: no test split), and without val/
+    validation is carved. A missing val/ is carved
     from the training images (``val_fraction``) before the labeled subset is drawn, so selection
     never sees test images. Labeled = ``shots`` per class (or ``fraction`` of each class),
     unlabeled = the rest of the training pool, or a class-balanced random ``max_unlabeled`` of it.
@@ -53,6 +57,7 @@ def folder_pools(root: str | Path, seed: int, test_fraction: float, exclude: Col
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
     train_dir = root / "train" if (root / "train").is_dir() else root
     classes = list_classes(train_dir)
+    check_not_split_layout(train_dir, classes)
     skip = {Path(root, p).resolve() for p in exclude}
 
     def scan(folder: Path) -> list[list[Item]]:
@@ -64,9 +69,11 @@ def folder_pools(root: str | Path, seed: int, test_fraction: float, exclude: Col
     info = SplitInfo(train_source=f"{train_dir.name}/")
     if (root / "test").is_dir() and train_dir != root:
         test, info["test_source"] = [it for g in scan(root / "test") for it in g], "test/"
-    else:
+    elif test_fraction > 0:
         train, test = carve(train, test_fraction, seed, "test", classes)
         info["test_source"] = f"carved {test_fraction:g} per class from {train_dir.name}/"
+    else:
+        test, info["test_source"] = [], "none (no test/ folder)"
     val: list[Item] = []
     if (root / "val").is_dir() and train_dir != root:
         val, info["val_source"] = [it for g in scan(root / "val") for it in g], "val/"
@@ -93,6 +100,8 @@ def splits_for(data: DataConfig) -> SplitManifest:
     (:func:`dho.data.protocols.benchmark_manifest`) or an ImageFolder tree's split. With ``skip_bad`` every image is
     checked first (:func:`dho.data.audit.bad_files`) and the undecodable ones are left out; the
     manifest's ``info["bad_files"]`` lists them."""
+    if not data.root:
+        raise ConfigError("data.root is not set: name the dataset (a folder of class folders: data.root=DIR)")
     if data.format != "folder":
         return benchmark_manifest(data)
     bad = []
@@ -103,7 +112,31 @@ def splits_for(data: DataConfig) -> SplitManifest:
         if bad:
             log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
                         len(bad), bad[0]["path"], bad[0]["error"])
-    manifest = protocol_manifest(folder_pools(data.root, data.split_seed, data.test_fraction, [b["path"] for b in bad]), data)
+    pools = folder_pools(data.root, data.split_seed, data.test_fraction, [b["path"] for b in bad])
+    if data.unlabeled is None:
+        manifest = protocol_manifest(pools, data)
+    else:  # the cap applies to the whole stream, the folder's own leftovers and the pool alike
+        manifest = _with_unlabeled(protocol_manifest(pools, replace(data, max_unlabeled=None)), data)
     if bad:
         manifest.info["bad_files"] = bad
+    return manifest
+
+
+def _with_unlabeled(manifest: SplitManifest, data: DataConfig) -> SplitManifest:
+    """The manifest with ``data.unlabeled``'s images added to its unlabeled stream (class unknown:
+    :data:`UNLABELED`), under the root as relative paths, elsewhere as absolute ones; with
+    ``max_unlabeled``, a seeded random subset of the whole stream."""
+    assert data.unlabeled is not None
+    root = Path(manifest.root)
+    taken = {manifest.path(rel).resolve() for split in SPLITS for rel, _ in manifest.split(split)}
+    pool = [p for p in unlabeled_images(data.unlabeled) if p not in taken]  # not the very files of another split
+    items = [(p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p), UNLABELED) for p in pool]
+    stream = manifest.unlabeled + items
+    if data.max_unlabeled is not None and len(stream) > data.max_unlabeled:
+        keep = random.Random(f"unlabeled|{data.split_seed}").sample(range(len(stream)), data.max_unlabeled)
+        stream = [stream[i] for i in sorted(keep)]
+        manifest.info["max_unlabeled"] = data.max_unlabeled
+    manifest.unlabeled = stream
+    manifest.info["unlabeled_source"] = f"{len(items)} images of {data.unlabeled}"
+    log.info("unlabeled stream: %d images (%d from %s)", len(stream), len(items), data.unlabeled)
     return manifest

@@ -63,6 +63,7 @@ class DemoSettings:
     num_views: int = 2
     max_unlabeled: int | None = 5000
     val_fraction: float = 0.02
+    test_fraction: float = 0.2  # a tree without test/ (--data DIR): the share of each class the demo scores on
     epochs: int = 40  # 3 steps each at 16 shots x 10 classes (ceil(160 / 64)): 120 steps
     batch_size: int = 64
     lr: float = 1e-3
@@ -77,6 +78,7 @@ class DemoSettings:
             "data.root": str(root), "data.shots": self.shots,
             "data.val_fraction": self.val_fraction, "data.max_unlabeled": self.max_unlabeled,
             "data.view_size": self.view_size, "data.num_views": self.num_views,
+            "data.test_fraction": self.test_fraction,
             "optim.epochs": self.epochs, "optim.batch_size": self.batch_size,
             "optim.lr": self.lr, "out": str(out), "precision": self.precision,
         })

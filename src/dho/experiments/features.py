@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_student
 from ..data import EvalViews, ImageStore, SplitManifest
+from ..data.manifest import UNLABELED
 from ..files import write_text_atomic
 from ..students import DualHeadStudent
 
@@ -198,8 +199,12 @@ def _split_features(student: DualHeadStudent, manifest: SplitManifest, split: st
                     device: str | torch.device, progress: bool) -> tuple[Tensor, Tensor]:
     """Features [N, d] and true labels [N] of a split ("test", or names joined by "+")."""
     items = [item for name in split.split("+") for item in manifest.split(name.strip())]
+    unknown = sum(y == UNLABELED for _, y in items)
+    if unknown:  # images of data.unlabeled: nobody knows their class
+        log.info("%s: leaving out %d images without a known class (data.unlabeled)", split, unknown)
+        items = [it for it in items if it[1] != UNLABELED]
     if not items:
-        raise ValueError(f"split {split!r} of this run is empty")
+        raise ValueError(f"split {split!r} of this run has no images with a known class")
     views = EvalViews(ImageStore(manifest, items, in_memory=False), student.preprocess.size)
     return extract_features(student, views, batch_size=batch_size, device=device, progress=progress)
 

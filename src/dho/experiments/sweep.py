@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..coerce import read_yaml
 from ..config import ConfigError, RunConfig
 from ..data.datasets import eval_key
 from ..data.manifest import SplitManifest
@@ -109,7 +110,9 @@ def _labels_dir(shots: int | float) -> str:
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, RunConfig]:
     """A sweep file -> (grid, base run config with ``overrides`` applied)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a sweep file has a 'sweep:' section and a 'run:' section")
     unknown = set(data) - {"sweep", "run"}
     if unknown or "sweep" not in data:
         raise ConfigError(f"{path}: a sweep file has a 'sweep:' section and a 'run:' section (found {sorted(data)})")
@@ -143,7 +146,8 @@ def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> Ru
     teacher, cache = _worker_cache(cfg, cache_path)
     if adapter_state is not None:
         teacher = FewShotTeacher(teacher, TipAdapter.from_state(adapter_state))
-    result = train(cfg, teacher=teacher, teacher_cache=cache, resume=_resumable(cfg))
+    resume = _resumable(cfg)  # else a fresh start: _finished() has already refused a finished run with other settings
+    result = train(cfg, teacher=teacher, teacher_cache=cache, resume=resume, overwrite=not resume)
     return result.results
 
 

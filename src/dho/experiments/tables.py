@@ -54,6 +54,10 @@ def load_results(sweep_dir: Path | str) -> list[dict]:
     Other columns are kept as strings.
     """
     sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "results.csv").is_file():
+        what = "a training run" if (sweep_dir / "config.yaml").is_file() else "not a sweep directory"
+        raise FileNotFoundError(f"{str(sweep_dir)!r} is {what} (no results.csv): `dho report` reads the directory "
+                                "`dho sweep` writes; a run's own numbers are in its results.json (`dho eval RUN`)")
     with (sweep_dir / "results.csv").open(newline="") as fh:
         raw = list(csv.DictReader(fh))
     rows = []

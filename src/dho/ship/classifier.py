@@ -20,9 +20,11 @@ class DHOClassifier:
     >>> pred = clf.predict(["cat.jpg", "dog.png"], topk=2)
     >>> pred.labels, pred.scores            # class names, mixed probabilities
 
-    ``predict`` takes file paths, PIL images, or uint8/[0, 1] tensors ([N, 3, H, W] or [3, H, W];
-    paths and PIL images are resized and centre-cropped to the input size). The mix uses the
-    checkpoint's tuned alpha/beta unless given.
+    ``predict`` takes file paths, PIL images, numpy arrays ([H, W, 3] RGB, uint8 or [0, 1] floats;
+    one, a list, or [N, H, W, 3]) or uint8/[0, 1] tensors at the input size ([N, 3, H, W] or
+    [3, H, W]); all but tensors are resized and centre-cropped to the input size. The mix uses
+    the checkpoint's tuned alpha/beta unless given. ``from_pretrained`` takes a run directory, its
+    checkpoint directory or its ``model.safetensors``.
     """
 
     def __init__(self, student: DualHeadStudent, metadata: CheckpointMeta | None = None) -> None:
@@ -31,7 +33,7 @@ class DHOClassifier:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> DHOClassifier:
-        """A run's checkpoint directory, or its ``model.safetensors`` (with ``model.json`` beside it)."""
+        """A run directory, its checkpoint directory, or its ``model.safetensors`` (with ``model.json`` beside it)."""
         return cls(load_student(path, device=device), load_metadata(path))
 
     @property

@@ -59,6 +59,9 @@ def checkpoint_split(checkpoint: str | Path, meta: CheckpointMeta, split: str, d
     items = manifest.split(split)
     if not items:
         raise ValueError(f"split {split!r} of this run is empty")
+    if any(y < 0 for _, y in items):
+        raise ValueError(f"split {split!r} of this run holds images without a known class (data.unlabeled): "
+                         "it cannot be scored")
     return manifest, items
 
 

@@ -10,16 +10,22 @@ but the appended metrics.jsonl is written atomically.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from ..config import RunConfig, save_config
+from ..config import ConfigError, RunConfig, save_config
 from ..files import write_text_atomic
 from .state import discard_state, save_state
 
-__all__ = ["MetricsLog", "RunDir"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MetricsLog", "RunDir", "next_free_run_dir"]
 
 
 class MetricsLog:
@@ -49,19 +55,70 @@ class MetricsLog:
                 fh.write(json.dumps(record) + "\n")
 
 
+def next_free_run_dir(path: str | Path) -> Path:
+    """``path`` when it holds no run yet, else the first of ``path2``, ``path3``, ... that holds
+    none (Ultralytics' naming): a run with the default directory never lands on an earlier one."""
+    path = Path(path)
+    candidate, n = path, 1
+    while (candidate / "config.yaml").exists() or (candidate / "results.json").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}{n}")
+    return candidate
+
+
 class RunDir:
-    """The files of the run in ``path``; ``writes`` is False on every rank but rank 0."""
+    """The files of the run in ``path``; ``writes`` is False on every rank but rank 0. The writing
+    process holds ``path/.lock`` (an advisory lock the system drops when the process ends) from
+    :meth:`lock` to :meth:`release`, so two runs never write one directory."""
 
     def __init__(self, path: str | Path, writes: bool) -> None:
         self.path, self.writes = Path(path), writes
         self.state_dir = self.path / "state"
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        if not self.writes or self._lock is not None or fcntl is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = (self.path / ".lock").open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise RuntimeError(f"{self.path} is in use by another dho process{f' (pid {holder})' if holder else ''}; "
+                               "give this run another out=DIR") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
+
+    def check_fresh(self, overwrite: bool) -> None:
+        """A fresh run may not replace a finished or an interrupted one unless ``overwrite``."""
+        if overwrite or not self.writes:
+            return
+        if (self.path / "results.json").is_file():
+            raise ConfigError(f"{self.path} holds a finished run: give this run another out=DIR, or replace that one "
+                              "with dho train --exist-ok (train(..., overwrite=True))")
+        if self.state_dir.is_dir() and any(self.state_dir.iterdir()):
+            raise ConfigError(f"{self.path} holds an interrupted run: continue it with dho train --resume {self.path}, "
+                              "or start it over with --exist-ok")
 
     def start(self, cfg: RunConfig, fresh: bool) -> None:
-        """Create the directory and write config.yaml; a ``fresh`` run drops an earlier run's state."""
+        """Create the directory and write config.yaml; a ``fresh`` run drops an earlier run's state
+        and its completion mark (results.json), so what the directory says stays true."""
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
             if fresh:
                 discard_state(self.state_dir)
+                (self.path / "results.json").unlink(missing_ok=True)
             save_config(cfg, self.path / "config.yaml")
 
     def metrics(self, keep_until: int | None) -> MetricsLog:

@@ -58,11 +58,23 @@ class Started:
         return progress and self.ctx.is_main
 
 
-def start_run(cfg: RunConfig, resume: bool) -> Started:
-    """Join the process group, find the state to resume (checked against ``cfg``), write config.yaml,
+def start_run(cfg: RunConfig, resume: bool, overwrite: bool = False) -> Started:
+    """Join the process group, lock the run directory, find the state to resume (checked against
+    ``cfg``) or check that a fresh run replaces no other (unless ``overwrite``), write config.yaml,
     set the threads and the precision, and seed every generator."""
     ctx, device = distributed.init_distributed(cfg.device)
     run = RunDir(cfg.out, writes=ctx.is_main)
+    run.lock()
+    try:
+        return _start(cfg, run, ctx, device, resume, overwrite)
+    except BaseException:
+        run.release()
+        raise
+
+
+def _start(cfg: RunConfig, run: RunDir, ctx: DistContext, device: torch.device, resume: bool, overwrite: bool) -> Started:
+    if not resume:
+        run.check_fresh(overwrite)
     resumed = _resume_state(run.path, resume)
     if resumed is not None:
         resumed.check_config(cfg.to_dict())
