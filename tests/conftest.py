@@ -30,6 +30,7 @@ def tiny_cfg(synth_root, tmp_path) -> RunConfig:
         "data.root": str(synth_root), "data.shots": 2, "student.backbone": "resnet18", "student.image_size": 32,
         "optim.epochs": 6, "optim.batch_size": 8, "eval.batch_size": 64, "out": str(tmp_path / "run"), "threads": 2,
         "teacher.adapter": "none",  # the zero-shot teacher; the few-shot teacher's tests ask for theirs
+        "teacher.kind": "synthetic", "student.pretrained": False,  # fakes for speed; the defaults are real ones
     })
 
 

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dho"
 
 # Lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("dho.files", "dho.device", "dho.coerce", "dho.methods", "dho.preprocess", "dho.heads", "dho.mixing"),
+    ("dho.files", "dho.device", "dho.coerce", "dho.methods", "dho.preprocess", "dho.heads", "dho.mixing",
+     "dho.progress"),
     ("dho.config", "dho.config_keys"),
     ("dho.pretrained", "dho.data"),
     ("dho.teachers",),

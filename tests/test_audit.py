@@ -66,3 +66,30 @@ def test_skip_bad_trains_without_bad_files_and_records_them(synth_root, tmp_path
     splits = json.loads((result.run_dir / "splits.json").read_text())
     used = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in splits[key]}
     assert not used & {r["path"] for r in recorded} and "train/circle/alpha.png" in used
+
+
+def test_huge_and_tiny_images_are_flagged_and_a_bomb_is_refused_in_one_line(synth_root, tmp_path, time_limit, capsys):
+    """12000 x 12000 (144 million pixels, under Pillow's error limit) is refused from its header,
+    with no DecompressionBombWarning; 6000 x 4500 and 20 x 20 are decoded with a note."""
+    import warnings
+
+    from PIL import Image
+
+    from dho.data.decode import BadImage, open_rgb
+
+    time_limit(120)
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    Image.new("1", (12000, 12000)).save(root / "train" / "circle" / "bomb.png")
+    Image.new("L", (6000, 4500)).save(root / "train" / "circle" / "huge.png")
+    Image.new("RGB", (20, 20)).save(root / "train" / "circle" / "tiny.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks past the one-line error
+        with pytest.raises(BadImage, match=r"12000 x 12000 = 144 million pixels, above the limit of 64 million") as info:
+            open_rgb(root / "train" / "circle" / "bomb.png")
+    assert info.value.kind == "too_large" and "\n" not in str(info.value)
+    report = audit_folder(root, timeout=20, workers=2)
+    assert {f["path"].split("/")[-1]: f["kind"] for f in report.bad} == {"bomb.png": "too_large"}
+    notes = {f["path"].split("/")[-1]: [kind for kind, _ in f["notes"]] for f in report.odd}
+    assert notes["huge.png"] == ["grayscale", "huge"] and notes["tiny.png"] == ["tiny"]
+    assert report.summary()["odd"]["huge"] == 1 and not report.clean

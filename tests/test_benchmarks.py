@@ -243,6 +243,7 @@ def test_paper_presets_load():
         assert path.read_text().startswith("# paper, ") and "Expected" in path.read_text()
         assert cfg.data.format in ("coop", "fgvc", "imagenet") and cfg.teacher.templates == "auto"
         assert (cfg.data.shot_draw == "coop") == (cfg.data.shots is not None)  # few-shot presets draw as CoOp
+        assert cfg.optim.max_steps is None  # their schedules run their whole length
 
 
 def _dassl_fewshot(rows, k):

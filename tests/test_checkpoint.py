@@ -9,7 +9,7 @@ from dho.students import build_student
 
 
 def test_round_trip_gives_identical_predictions(tmp_path):
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine"), ["x", "y", "z"]).eval()
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32, kd_head="cosine"), ["x", "y", "z"]).eval()
     student.alpha, student.beta = 0.35, 0.75
     save_checkpoint(student, tmp_path / "ckpt", templates=["a photo of a {}."], teacher={"id": "t"})
     loaded = load_student(tmp_path / "ckpt")
@@ -25,7 +25,7 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 
 
 def test_update_mixing_and_class_cross_check(tmp_path):
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["x", "y"])
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["x", "y"])
     save_checkpoint(student, tmp_path / "ckpt")
     update_mixing(tmp_path / "ckpt", 0.6, 1.25)
     assert (load_student(tmp_path / "ckpt").alpha, load_student(tmp_path / "ckpt").beta) == (0.6, 1.25)
@@ -45,7 +45,7 @@ def test_missing_checkpoint(tmp_path):
 def test_damaged_or_swapped_weights_are_refused(tmp_path):
     from dho.files import DamagedCheckpoint
 
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["x", "y"])
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["x", "y"])
     save_checkpoint(student, tmp_path / "a")
     weights = tmp_path / "a" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])

@@ -49,6 +49,14 @@ def test_zeroshot_and_errors(synth_root, tmp_path, capsys):
     assert code == 0 and "zero-shot" in out
     assert 0 <= json.loads((tmp_path / "zeroshot.json").read_text())["teacher"] <= 1
 
+    code, out, _ = _run(capsys, "zeroshot", f"data.root={synth_root}", "data.shots=100")  # no labels used: no shots check
+    assert code == 0 and "zero-shot" in out and "few-shot" not in out
+    code, out, _ = _run(capsys, "zeroshot", f"data.root={synth_root}", "data.shots=2", "teacher.adapter=tip",
+                        "teacher.image_size=32", "--out", str(tmp_path / "tip"))
+    scores = json.loads((tmp_path / "tip" / "zeroshot.json").read_text())
+    assert code == 0 and "few-shot (8 labeled images)" in out and 0 <= scores["teacher_f"] <= 1
+    assert scores["teacher_f_id"].endswith("+tip-adapter")
+
     code, _, err = _run(capsys, "train", "optim.lrr=1")
     assert code == 2 and err.strip() == "dho: error: unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"
     code, _, err = _run(capsys, "train", f"data.root={tmp_path / 'missing'}")

@@ -12,7 +12,8 @@ def run_dir(synth_root, tmp_path_factory):
     from dho.config import RunConfig
 
     cfg = RunConfig().override({
-        "data.root": str(synth_root), "data.shots": 2, "student.backbone": "resnet18", "student.image_size": 32,
+        "data.root": str(synth_root), "data.shots": 2, "student.backbone": "resnet18", "student.pretrained": False,
+        "student.image_size": 32,
         "optim.epochs": 3, "optim.batch_size": 8, "eval.batch_size": 64, "threads": 2,
         "out": str(tmp_path_factory.mktemp("export") / "run")})
     return train(cfg).run_dir
@@ -85,3 +86,22 @@ def test_export_command_line(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "parity: max |exported - PyTorch|" in out and (tmp_path / "m.md").is_file()
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x.onnx")]) == 1
+
+
+def test_export_carries_class_names_and_never_leaves_a_half_file(run_dir, tmp_path):
+    import json
+
+    from dho.ship.export import exported_metadata
+
+    clf = DHOClassifier.from_pretrained(run_dir)
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
+        report = export_checkpoint(run_dir, tmp_path / fmt, fmt, count=4, card=False, teacher_speed=False)  # a directory
+        assert report["path"] == str(tmp_path / fmt / name)
+        meta = exported_metadata(report["path"])
+        assert json.loads(meta["class_names"]) == clf.classes and meta["input"] == "uint8 RGB [N, 3, 32, 32]"
+        assert float(meta["alpha"]) == pytest.approx(clf.alpha, abs=1e-6)
+    good = tmp_path / "onnx" / "model.onnx"
+    before = good.read_bytes()
+    with pytest.raises(RuntimeError, match="was left as it was"):  # a failed check keeps the earlier export
+        export_checkpoint(run_dir, good, "onnx", count=4, atol=-1.0, card=False, teacher_speed=False)
+    assert good.read_bytes() == before and sorted(p.name for p in good.parent.iterdir()) == ["model.onnx"]

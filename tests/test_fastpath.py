@@ -128,7 +128,8 @@ def test_torchrun_two_processes_match_one_process(synth_root, tmp_path, extra, p
     """2 CPU processes (gloo) with the same global batch as 1 process: ranks in sync, same result
     (to rounding: each rank computes half the batch)."""
     weight_tol = PRECISION_TOLERANCE[precision][1]
-    common = [f"data.root={synth_root}", "data.shots=2", "student.backbone=convnext_atto", "student.image_size=32",
+    common = [f"data.root={synth_root}", "data.shots=2", "student.backbone=convnext_atto", "student.pretrained=false",
+              "teacher.kind=synthetic", "student.image_size=32",
               "optim.epochs=4", "optim.batch_size=8", "eval.batch_size=16", "threads=1", "eval.teacher=false",
               f"precision={precision}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -113,11 +113,13 @@ def test_torchvision_weights_without_a_classifier_load(tmp_path):
     tower = torchvision.models.resnet18(weights=None)
     state = {k: v for k, v in tower.state_dict().items() if not k.startswith("fc.")}  # as DINO ships it
     torch.save(state, tmp_path / "ssl.pth")
-    student = build_student(StudentConfig(backbone="resnet18", source="torchvision", weights=str(tmp_path / "ssl.pth")), CLASSES)
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, source="torchvision",
+                                          weights=str(tmp_path / "ssl.pth")), CLASSES)
     torch.testing.assert_close(student.backbone.conv1.weight, tower.conv1.weight)
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="1 unexpected"):
-        build_student(StudentConfig(backbone="resnet18", source="torchvision", weights=str(tmp_path / "bad.pth")), CLASSES)
+        build_student(StudentConfig(backbone="resnet18", pretrained=False, source="torchvision",
+                                    weights=str(tmp_path / "bad.pth")), CLASSES)
 
 
 def test_clip_tower_student_is_imported_with_a_cosine_kd_head(tmp_path, tiny_clip):

@@ -11,7 +11,7 @@ CLASSES = ["a", "b", "c"]
 
 @pytest.mark.parametrize("backbone,source,dim", [("resnet18", "timm", 512), ("mobilenet_v2", "torchvision", 1280)])
 def test_backbones_by_short_name(backbone, source, dim):
-    student = build_student(StudentConfig(backbone=backbone, image_size=32), CLASSES)
+    student = build_student(StudentConfig(backbone=backbone, pretrained=False, image_size=32), CLASSES)
     assert student.spec.source == source and student.spec.num_features == dim
     out = student(torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8))
     assert out.features.shape == (2, dim) and out.ce_logits.shape == out.kd_logits.shape == (2, 3)
@@ -25,7 +25,7 @@ def test_unknown_backbone_suggests_a_name():
 
 def test_language_aware_init_and_cosine_head():
     emb = F.normalize(torch.randn(3, 512), dim=-1)
-    cfg = StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine", language_init=True)
+    cfg = StudentConfig(backbone="resnet18", pretrained=False, image_size=32, kd_head="cosine", language_init=True)
     student = build_student(cfg, CLASSES, class_embeddings=emb)
     assert torch.equal(student.ce_head.weight, emb) and torch.equal(student.ce_head.bias, torch.zeros(3))
     assert isinstance(student.kd_head, CosineHead) and torch.equal(student.kd_head.weight, emb)
@@ -34,21 +34,22 @@ def test_language_aware_init_and_cosine_head():
 
 
 def test_language_init_skipped_when_dims_differ(caplog):
-    student = build_student(StudentConfig(backbone="resnet18", language_init=True), CLASSES, class_embeddings=torch.randn(3, 64))
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, language_init=True), CLASSES,
+                            class_embeddings=torch.randn(3, 64))
     assert student.ce_head.weight.shape == (3, 512)
     assert "language-aware init skipped" in caplog.text
 
 
 def test_mlp_head_and_single_head():
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="mlp"), CLASSES)
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32, kd_head="mlp"), CLASSES)
     assert isinstance(student.kd_head, MLPHead)
-    single = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES, dual_head=False)
+    single = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), CLASSES, dual_head=False)
     out = single(torch.rand(2, 3, 32, 32))
     assert single.kd_head is None and out.kd_logits is out.ce_logits
 
 
 def test_predict_accepts_tensors_and_files(synth_root):
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32), ["circle", "square", "star", "triangle"])
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["circle", "square", "star", "triangle"])
     files = sorted((synth_root / "test" / "star").glob("*.png"))[:3]
     by_path = student.predict(files)
     assert by_path.probs.shape == (3, 4) and len(by_path.labels) == 3
@@ -76,7 +77,7 @@ def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip)
 
     cfg = tiny_cfg.override({"student.backbone": tiny_clip, "student.kd_head": "cosine", "student.language_init": True,
                              "optim.epochs": 2})  # the synthetic teacher's 64-d embeddings do not fit the 16-d tower
-    student = build_student(StudentConfig(backbone=tiny_clip, source="open_clip", image_size=32), ["a", "b"])
+    student = build_student(StudentConfig(backbone=tiny_clip, source="open_clip", pretrained=False, image_size=32), ["a", "b"])
     assert student.spec.source == "open_clip" and student.spec.num_features == 16
 
     class Prompts:  # what _student reads from a teacher
@@ -120,7 +121,7 @@ def test_clip_tower_student_at_another_size_keeps_its_grid_through_a_checkpoint(
     with torch.no_grad():
         torch.testing.assert_close(again(images).ce_logits, student(images).ce_logits)
     with pytest.raises(ValueError, match="runs only at its native 224 px"):
-        build_student(StudentConfig(backbone="RN50", source="open_clip", image_size=160), ["a", "b"])
+        build_student(StudentConfig(backbone="RN50", source="open_clip", pretrained=False, image_size=160), ["a", "b"])
 
 
 def test_a_backbone_asked_of_the_wrong_library_says_which_has_it():
@@ -148,13 +149,13 @@ def test_cosine_head_bias_sits_inside_the_scale_as_in_the_authors_code():
     torch.testing.assert_close(head.bias.grad, torch.full((3,), 500.0))  # 5 rows x 100
     torch.testing.assert_close(plain.bias.grad, torch.full((3,), 5.0))
     torch.testing.assert_close(head.weight.grad, plain.weight.grad)
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32, kd_head="cosine"), CLASSES)
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32, kd_head="cosine"), CLASSES)
     assert student.spec.cosine_bias == "scaled" and student.kd_head.scale_bias
 
 
 def test_separate_forwards_give_each_stream_its_own_batchnorm_statistics():
     torch.manual_seed(0)
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES).train()
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), CLASSES).train()
     x = torch.rand(6, 3, 32, 32)
     x[4:] *= 0.2  # the second stream looks different, so its batch statistics differ
     state = {k: v.clone() for k, v in student.state_dict().items()}
@@ -171,7 +172,7 @@ def test_separate_forwards_give_each_stream_its_own_batchnorm_statistics():
 def test_torchvision_mobilenet_v2_keeps_only_its_feature_layers():
     """The authors' MobileNetV2 student is its children up to the classifier: no Dropout(0.2)."""
     torch.manual_seed(0)
-    student = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", image_size=32), CLASSES)
+    student = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", pretrained=False, image_size=32), CLASSES)
     assert not any(isinstance(m, torch.nn.Dropout) for m in student.backbone.modules())
     student.train()
     x = torch.rand(2, 3, 32, 32)
@@ -180,7 +181,8 @@ def test_torchvision_mobilenet_v2_keeps_only_its_feature_layers():
     torch.manual_seed(2)
     b = student.backbone(student.preprocess(x))
     torch.testing.assert_close(a, b)  # nothing random between the features and the heads
-    kept = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", image_size=32, keep_dropout=True),
+    kept = build_student(StudentConfig(backbone="mobilenet_v2", source="torchvision", pretrained=False, image_size=32,
+                                        keep_dropout=True),
                          CLASSES)
     assert any(isinstance(m, torch.nn.Dropout) for m in kept.backbone.modules())
     assert kept.spec.timm_kwargs == {"keep_dropout": True}

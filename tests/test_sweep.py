@@ -24,7 +24,7 @@ sweep:
 {extra}
 run:
   data: {{root: {synth_root}, num_views: 2, val_fraction: 0.2}}
-  student: {{backbone: resnet18, image_size: 32}}
+  student: {{backbone: resnet18, pretrained: false, image_size: 32}}
   optim: {{epochs: 2, batch_size: 8}}
   eval: {{conflict_every: 1}}
   threads: 2
@@ -104,7 +104,7 @@ def test_a_run_cut_short_resumes_from_its_state_when_the_sweep_is_run_again(tmp_
 sweep: {{methods: [dho], shots: [2], seeds: [0], workers: 1}}
 run:
   data: {{root: {synth_root}, num_views: 2, val_fraction: 0.2}}
-  student: {{backbone: resnet18, image_size: 32}}
+  student: {{backbone: resnet18, pretrained: false, image_size: 32}}
   optim: {{epochs: 6, batch_size: 8}}
   threads: 2
 """)

@@ -193,3 +193,36 @@ def test_every_teacher_kind_the_config_accepts_has_a_builder():
     from dho.teachers import TEACHERS
 
     assert typing.get_args(typing.get_type_hints(TeacherConfig)["kind"]) == tuple(TEACHERS)
+
+
+def test_openclip_tags_load_offline_from_the_hugging_face_cache(rn50_teacher, tmp_path, monkeypatch):
+    """A tag whose weights a download left in the Hugging Face cache loads from there without the
+    network; a tag on neither disk nor a reachable hub fails at once with the hint."""
+    import huggingface_hub.constants
+
+    import dho.teachers.openclip as openclip
+
+    def no_network(timeout=3.0):
+        raise AssertionError("the hub was asked although the weights are on disk")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(openclip, "_hub_reachable", no_network)
+    repo = tmp_path / "models--timm--resnet50_clip.openai"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    weights = repo / "snapshots" / "abc" / "open_clip_pytorch_model.bin"
+    torch.save(rn50_teacher.model.state_dict(), weights)
+    assert openclip.cached_clip_weights("RN50", "openai") == str(weights)
+
+    by_tag = build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained="openai"), CLASSES)
+    by_file = build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained=str(weights)), CLASSES)
+    assert by_tag.id == "openclip:RN50:openai"
+    torch.testing.assert_close(by_tag.class_embeddings, by_file.class_embeddings)
+
+    monkeypatch.setattr(openclip, "_hub_reachable", lambda timeout=3.0: False)
+    assert openclip.cached_clip_weights("RN50", "yfcc15m") is None
+    with pytest.raises(RuntimeError, match="not on this machine and the hub cannot be reached"):
+        build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained="yfcc15m"), CLASSES)
+    with pytest.raises(ValueError, match="no weights 'nosuch' for RN50"):
+        build_teacher(TeacherConfig(kind="openclip", model="RN50", pretrained="nosuch"), CLASSES)

@@ -74,7 +74,7 @@ def test_eval_of_a_1000_class_student_on_imagenet_a(tmp_path, capsys):
     from dho.students import build_student
 
     torch.manual_seed(0)
-    student = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES)
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), CLASSES)
     save_checkpoint(student, tmp_path / "ckpt")
     for i, wnid in enumerate(("n01498041", "n12267677", "n12267677")):
         write_png(tmp_path / "imagenet-adversarial" / "imagenet-a" / wnid / f"{i}.jpg", i)
@@ -99,14 +99,14 @@ def test_eval_on_wordnet_id_folders_without_a_variant(tmp_path):
 
     torch.manual_seed(0)
     names, wnids = ["goldfish", "tench", "shark"], ["n01443537", "n01440764", "n01491361"]
-    small = build_student(StudentConfig(backbone="resnet18", image_size=32), names)
+    small = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), names)
     save_checkpoint(small, tmp_path / "small", split={"wnids": wnids})
     for i, wnid in enumerate(("n01440764", "n01491361")):
         write_png(tmp_path / "val" / wnid / f"{i}.JPEG", i)
     logits, _, _ = checkpoint_logits(tmp_path / "small", data=tmp_path, split="val")
     assert logits.labels.tolist() == [1, 2]  # tench, shark: by the recorded ids, not the folder order
 
-    big = build_student(StudentConfig(backbone="resnet18", image_size=32), CLASSES)
+    big = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), CLASSES)
     save_checkpoint(big, tmp_path / "big")
     logits, _, _ = checkpoint_logits(tmp_path / "big", data=tmp_path / "val")
     ids = imagenet_wnids()

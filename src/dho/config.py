@@ -59,8 +59,9 @@ class TeacherConfig:
     probabilities reach the task's classes through a text embedder (``bridge_tau`` its temperature).
     """
 
-    # the teacher: an open_clip CLIP model, the offline ImageNet-classifier stand-in, or a synthetic one (tests)
-    kind: Literal["openclip", "imagenet-bridge", "synthetic"] = "synthetic"
+    # the teacher: an open_clip CLIP model, the offline ImageNet-classifier stand-in, or a synthetic one (tests);
+    # auto = open_clip when its weights are given or on this machine, else imagenet-bridge (with a note)
+    kind: Literal["auto", "openclip", "imagenet-bridge", "synthetic"] = "auto"
     model: str = "RN50"  # openclip: the model name (RN50, ViT-B-16, ...)
     pretrained: str | None = None  # openclip: an open_clip tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint file
     templates: str = "auto"  # "auto": the set named after data.dataset, else "default"
@@ -110,13 +111,15 @@ class StudentConfig:
     """The student backbone (a timm, torchvision or open_clip name) and its two heads. An open_clip
     student is the model's image tower; ``pretrained`` loads OpenAI's weights, ``weights`` a tag or file."""
 
-    backbone: str = "resnet18"  # a timm, torchvision or open_clip model name (resnet18, efficientnet_lite0, ViT-B-16, ...)
+    # a timm, torchvision or open_clip model name (efficientnet_lite0, resnet18, ViT-B-16, ...); the default's
+    # ImageNet weights install with dho (offline)
+    backbone: str = "efficientnet_lite0"
     source: Literal["auto", "timm", "torchvision", "open_clip"] = "auto"  # open_clip: a CLIP image tower
-    pretrained: bool = False  # start from the backbone's ImageNet (or CLIP) weights
+    pretrained: bool = True  # start from the backbone's ImageNet (or CLIP) weights; false = random initialisation
     weights: str | None = None  # local weights file for the backbone (safetensors or .pt)
     torchvision_weights: str = "IMAGENET1K_V1"  # with pretrained: the authors' (pretrained=True); DEFAULT = newest
     keep_dropout: bool = False  # torchvision: keep the Dropout before the classifier (MobileNetV2's 0.2)
-    image_size: int = 224  # input size in pixels (square)
+    image_size: int = 128  # input size in pixels (square); the paper's students run at 224
     quick_gelu: bool | None = None  # CLIP towers: None = QuickGELU when the weights want it (OpenAI's)
     ce_head: Literal["linear", "cosine", "mlp"] = "linear"  # the head trained on the labels
     kd_head: Literal["linear", "cosine", "mlp"] = "linear"  # the head trained on the teacher
@@ -271,7 +274,8 @@ class OptimConfig:
     schedule: Literal["cosine", "linear_warmup", "warmup_cosine", "constant"] = "linear_warmup"
     warmup_fraction: float = 0.1  # linear_warmup / warmup_cosine, unless warmup_steps is set
     warmup_steps: int | None = None  # warm-up steps (overrides warmup_fraction)
-    max_steps: int | None = None  # cap on total steps (quick runs)
+    # cap on total steps, the schedule fitted to it (a CPU-sized default); null = epochs alone decide (the paper presets)
+    max_steps: int | None = 1000
     crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop scale range of the training views
 
     def __post_init__(self) -> None:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .device import cpu_chunk_rows
 from .methods import METHOD_SPECS
 from .mixing import Mix, default_alpha, mix_probs, search_mixing
+from .progress import progress as progress_bar
 from .students import DualHeadStudent
 from .teachers import Teacher
 
@@ -45,7 +45,7 @@ def collect_logits(views: Dataset, student: DualHeadStudent | None = None, teach
         student.eval()
     labels, ce, kd, tl = [], [], [], []
     loader = DataLoader(views, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for images, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for images, y in progress_bar(loader, desc=desc, enabled=progress, leave=False):
         images = images.to(device, non_blocking=True)
         labels.append(y)
         if student is not None:

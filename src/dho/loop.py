@@ -23,7 +23,6 @@ from typing import Any, TypedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
-from tqdm.auto import tqdm
 
 from .backbones import clip_student, student_text_embeddings
 from .checkpoint import save_checkpoint
@@ -37,8 +36,9 @@ from .heads import HeadOutput
 from .losses import method_loss
 from .methods import METHOD_SPECS
 from .mixing import write_grid_csv
+from .progress import progress as progress_bar
 from .students import DualHeadStudent, build_student
-from .teachers import Teacher, TeacherOutput, build_teacher
+from .teachers import Teacher, TeacherOutput, build_teacher, resolve_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 from .training import distributed
@@ -100,6 +100,7 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     """
     # ---- set-up: process, device, run directory, resumed state, the split -----------------------
     started = time.time()
+    cfg = resolve_teacher(cfg)  # teacher.kind=auto -> the real teacher this machine has, recorded in config.yaml
     run = start_run(cfg, resume, overwrite)
     try:
         return _train(cfg, run, started, progress, teacher, teacher_cache)
@@ -144,8 +145,8 @@ def _train(cfg: RunConfig, run: Started, started: float, progress: bool, teacher
     # ---- loop -------------------------------------------------------------------------------------
     guard = BufferGuard(None if frozen else student)
     student.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {cfg.loss.method}",
-               disable=not run.shows(progress))
+    bar = progress_bar(range(start, steps), initial=start, total=steps, desc=f"train {cfg.loss.method}",
+                       enabled=run.shows(progress))
     with StopSignals() as stop:
         for step in bar:
             # forward: the teacher's outputs come with the batch (online, replayed or precomputed)

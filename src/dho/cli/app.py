@@ -93,7 +93,8 @@ def _student_commands(sub: Any) -> None:
     p = sub.add_parser("export", help="one ONNX/TorchScript graph: uint8 images -> mixed probabilities; checked, with a model card")
     p.add_argument("checkpoint", help="a run directory, its checkpoint directory or its model.safetensors")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--out", required=True, help="the model file to write (e.g. student.onnx); the card goes beside it (.md)")
+    p.add_argument("--out", help="a directory (model.onnx / model.pt and model.md go in it; default RUN/export) "
+                                  "or a model file (student.onnx: its card goes beside it, student.md)")
     p.add_argument("--heads", action="store_true", help="also output each head's probabilities")
     p.add_argument("--alpha", type=float, help="override the checkpoint's alpha")
     p.add_argument("--beta", type=float, help="override the checkpoint's beta")
@@ -176,7 +177,7 @@ def _other_commands(sub: Any) -> None:
                         "pre-f74da67: it weighs h_KD (files of their earlier code), so alpha = 1 - saved")
     p.set_defaults(func=cmd_import_checkpoint)
 
-    p = sub.add_parser("zeroshot", help="the teacher's zero-shot accuracy on a split")
+    p = sub.add_parser("zeroshot", help="the teacher's accuracy on a split: zero-shot, and few-shot with teacher.adapter=tip or tip-f")
     p.add_argument("--config")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--out")
@@ -237,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     # dho's own notes at INFO; other libraries only warn unless asked (-v)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("dho").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    hub = logging.getLogger("huggingface_hub")  # it has a handler of its own: its lines go there, once
+    hub.propagate = False
+    if args.quiet:
+        hub.setLevel(logging.ERROR)
     from ..config import ConfigError
     from ..training.stopping import TrainingInterrupted
 

@@ -40,7 +40,8 @@ log = logging.getLogger("dho")
 
 
 def _progress() -> bool:
-    return sys.stderr.isatty()
+    """Progress on long work: a bar on a terminal, a line every few seconds off one (dho.progress)."""
+    return True
 
 
 def _pct(value: float | None) -> str:
@@ -258,6 +259,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     scores = zeroshot_accuracy(cfg, args.split, progress=_progress())
     print(f"{scores['teacher_id']} zero-shot on {cfg.data.root} [{args.split}, n={scores['n']}]: {_pct(scores['teacher']).strip()}")
+    if "teacher_f" in scores:
+        print(f"{scores['teacher_f_id']} few-shot ({scores['labeled']} labeled images): {_pct(scores['teacher_f']).strip()}")
     _write_json(args.out, "zeroshot.json", scores)
     return 0
 

@@ -10,8 +10,8 @@ from typing import cast
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from ..progress import progress as progress_bar
 from .decode import BadImage
 from .images import apply_crop, crop_params, decode_image, eval_view
 from .manifest import Item, SplitManifest
@@ -40,7 +40,7 @@ class ImageStore:
         self.labels = torch.tensor([y for _, y in self.items], dtype=torch.long)
         self._images: list[Tensor] | None = None
         if in_memory:
-            self._images = [self._decode(p) for p, _ in tqdm(self.items, desc=desc, disable=not progress, leave=False)]
+            self._images = [self._decode(p) for p, _ in progress_bar(self.items, desc=desc, enabled=progress, leave=False)]
 
     def _decode(self, rel: str) -> Tensor:
         try:

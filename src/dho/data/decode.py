@@ -13,6 +13,12 @@ The policy (every image dho reads goes through :func:`decode_bytes`):
   outside [0, 65535] clipped); 32-bit float images are clipped to [0, 255].
 - CMYK, YCbCr, LAB and HSV images: Pillow's conversion to RGB (embedded ICC profiles are ignored).
 - Grayscale and 1-bit images: the one channel repeated three times.
+- Size: an image of more than ``MAX_PIXELS`` pixels (64 million, e.g. 8000 x 8000) is *bad*
+  (``too_large``), refused from its header before any pixel is decoded (Pillow's own bomb warning
+  is not raised: this limit comes first). `dho data check` notes the others that are ``huge``
+  (above ``HUGE_PIXELS``, 24 million: full-size photos of recent phones and larger) or ``tiny`` (a
+  side under ``TINY_SIDE``, 32 px): both are scaled to the input size like any other image, but a
+  huge one costs memory and time at every decode, and a tiny one has little to show.
 
 Run as a script (``python -I decode.py``) this module is the audit's worker: it reads one
 JSON-encoded path per line on stdin and answers one JSON line per file on stdout. It imports only
@@ -25,6 +31,7 @@ import hashlib
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +40,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["BadImage", "content_digest", "decode_bytes", "inspect_file", "open_rgb", "to_rgb"]
 
 ORIENTATION = 0x0112  # EXIF tag
+MAX_PIXELS = 64_000_000  # above: refused (too_large), from the header
+HUGE_PIXELS = 24_000_000  # above: decoded, with a "huge" note
+TINY_SIDE = 32  # a side below: decoded, with a "tiny" note
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
@@ -97,12 +107,20 @@ def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[st
         raise BadImage("empty", f"{where}empty file (0 bytes)")
     notes: list[tuple[str, str]] = []
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            frames = getattr(image, "n_frames", 1)
-            image.load()
-            if frames > 1:
-                notes.append(("multi_frame", f"first of {frames} frames"))
-            return _convert(image, notes), notes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, below Pillow's, decides
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise BadImage("too_large", f"{where}{width} x {height} = {width * height / 1e6:.0f} million pixels, "
+                                                f"above the limit of {MAX_PIXELS / 1e6:.0f} million; resize it")
+                frames = getattr(image, "n_frames", 1)
+                image.load()
+                if frames > 1:
+                    notes.append(("multi_frame", f"first of {frames} frames"))
+                return _convert(image, notes), notes
+    except BadImage:
+        raise
     except UnidentifiedImageError:
         raise BadImage("undecodable", f"{where}not an image format Pillow can read") from None
     except Image.DecompressionBombError as err:
@@ -134,7 +152,12 @@ def inspect_file(path: str) -> dict:
         pixels, notes = decode_bytes(data)  # the report names the file
     except BadImage as err:
         return {**record, "ok": False, "kind": err.kind, "error": str(err)}
-    return {**record, "ok": True, "notes": notes, "size": [pixels.shape[1], pixels.shape[0]]}
+    height, width = pixels.shape[:2]
+    if width * height > HUGE_PIXELS:
+        notes.append(("huge", f"{width} x {height}: {width * height / 1e6:.0f} million pixels to decode each time"))
+    if min(width, height) < TINY_SIDE:
+        notes.append(("tiny", f"{width} x {height}: a side under {TINY_SIDE} px, upscaled to the input size"))
+    return {**record, "ok": True, "notes": notes, "size": [width, height]}
 
 
 def _serve() -> None:

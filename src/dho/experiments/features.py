@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..checkpoint import load_student
 from ..data import EvalViews, ImageStore, SplitManifest
 from ..data.manifest import UNLABELED
 from ..files import write_text_atomic
+from ..progress import progress as progress_bar
 from ..students import DualHeadStudent
 
 __all__ = ["extract_features", "linear_eval", "linear_eval_run", "tsne_plot", "tsne_run"]
@@ -47,7 +47,7 @@ def extract_features(student: DualHeadStudent, views: Dataset, batch_size: int =
     feats, labels = [], []
     loader = DataLoader(views, batch_size=batch_size, shuffle=False)
     try:
-        for images, y in tqdm(loader, desc="features", disable=not progress, leave=False):
+        for images, y in progress_bar(loader, desc="features", enabled=progress, leave=False):
             z = student.backbone(student.preprocess(images.to(device, non_blocking=True)))
             feats.append(z.float().flatten(1).cpu())
             labels.append(torch.as_tensor(y, dtype=torch.long))

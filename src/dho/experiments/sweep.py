@@ -42,7 +42,8 @@ from ..evaluate import SplitLogits, score
 from ..files import write_file_atomic, write_text_atomic
 from ..loop import RunResults, train
 from ..methods import METHODS
-from ..teachers import Teacher, build_teacher
+from ..progress import progress as progress_bar
+from ..teachers import Teacher, build_teacher, resolve_teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
 from ..teachers.tip_adapter import TipAdapter
@@ -242,9 +243,8 @@ def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -
 
 def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress: bool = False) -> Path:
     """Run every missing run of the grid; write ``<out>/results.csv``; return its path."""
-    from tqdm.auto import tqdm
-
     started, out = time.time(), Path(out)
+    base = resolve_teacher(base)  # teacher.kind=auto made concrete once, for every run and the store's name
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.yaml", yaml.safe_dump({"sweep": {**asdict(sweep), "methods": list(sweep.methods),
         "shots": list(sweep.shots), "seeds": list(sweep.seeds),
@@ -254,7 +254,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
     workers = sweep.workers or free_cores()
     cache_path = store_path(out, base)
-    bar = tqdm(total=len(todo) + workers, desc="sweep", disable=not progress)
+    bar = progress_bar(total=len(todo) + workers, desc="sweep", enabled=progress)
     with executor(workers) as pool:
         # 1. the base teacher's outputs for every view any run (or the report) needs
         cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, on_done=lambda: bar.update(0))

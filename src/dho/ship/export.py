@@ -10,7 +10,9 @@ difference above the tolerance removes the file and raises.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +27,8 @@ from ..mixing import head_probs, mix_probs
 from ..students import DualHeadStudent
 from .model_card import ExportResult, write_model_card
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "MixedClassifier", "export_checkpoint", "export_student", "images_per_second",
+__all__ = ["EXPORT_FORMATS", "ExportResult", "MixedClassifier", "export_checkpoint", "export_metadata", "export_student",
+           "exported_metadata", "images_per_second",
            "load_exported", "run_exported"]
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ def _require_onnx() -> None:
                            "pip install 'dho[export]'") from None
 
 
-def _export_onnx(model: MixedClassifier, example: Tensor, path: Path) -> None:
+def _export_onnx(model: MixedClassifier, example: Tensor, path: Path, metadata: dict[str, str]) -> None:
     _require_onnx()
     outputs = ["probs", "ce_probs", "kd_probs"] if model.heads else ["probs"]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -77,13 +80,50 @@ def _export_onnx(model: MixedClassifier, example: Tensor, path: Path) -> None:
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, metadata)  # read back by onnxruntime's get_modelmeta().custom_metadata_map
+    onnx.save(graph, str(path))
 
 
-def _export_torchscript(model: MixedClassifier, example: Tensor, path: Path) -> None:
+def _export_torchscript(model: MixedClassifier, example: Tensor, path: Path, metadata: dict[str, str]) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing is deprecated upstream, and the input size is meant to be fixed
         traced = torch.jit.trace(model, (example,), check_trace=False)
-    traced.save(str(path))
+    traced.save(str(path), _extra_files={f"{key}.txt": value for key, value in metadata.items()})
+
+
+def export_metadata(classes: list[str], student: DualHeadStudent, alpha: float, beta: float, heads: bool) -> dict[str, str]:
+    """What an exported file says about itself (strings, as ONNX metadata and TorchScript extra
+    files hold them): ``class_names`` (a JSON list, in output order), the input it takes, the mix."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        producer = f"dho {version('dho')}"
+    except PackageNotFoundError:  # a source tree without an install
+        producer = "dho"
+    size = student.preprocess.size
+    return {"class_names": json.dumps(list(classes)), "input": f"uint8 RGB [N, 3, {size}, {size}]",
+            "outputs": "probs, ce_probs, kd_probs" if heads else "probs", "alpha": f"{alpha:g}", "beta": f"{beta:g}",
+            "producer": producer}
+
+
+def exported_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata an export carries (:func:`export_metadata`), read back from the file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    keys = ("class_names", "input", "outputs", "alpha", "beta", "producer")
+    files: dict[str, Any] = {f"{key}.txt": "" for key in keys}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    text = {key: files[f"{key}.txt"] for key in keys}
+    return {key: value.decode() if isinstance(value, bytes) else str(value) for key, value in text.items() if value}
 
 
 def load_exported(path: str | Path) -> Callable[[Tensor], Tensor]:
@@ -124,8 +164,12 @@ def images_per_second(fn: Callable[[Tensor], Any], images: Tensor, rounds: int =
 @torch.no_grad()
 def export_student(student: DualHeadStudent, out: str | Path, fmt: str, check_images: Tensor, *,
                    alpha: float | None = None, beta: float | None = None, heads: bool = False,
-                   atol: float = 1e-4) -> ExportResult:
-    """Write ``student`` as ``fmt`` to ``out`` and verify it on ``check_images`` (uint8 [N, 3, S, S])."""
+                   atol: float = 1e-4, classes: list[str] | None = None) -> ExportResult:
+    """Write ``student`` as ``fmt`` to ``out`` and verify it on ``check_images`` (uint8 [N, 3, S, S]).
+
+    The graph is written beside ``out`` under a temporary name and moved onto ``out`` only once it
+    passed the parity check: a stop mid-write or a failed check leaves any earlier file at ``out``
+    as it was. ``classes`` (default: the student's) go into the file's metadata."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     size = student.preprocess.size
@@ -135,17 +179,24 @@ def export_student(student: DualHeadStudent, out: str | Path, fmt: str, check_im
     out.parent.mkdir(parents=True, exist_ok=True)
     model = MixedClassifier(student.cpu().float(), alpha, beta, heads).eval()
     example = check_images[: min(2, len(check_images))]
-    started = time.time()
-    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, out)
-    log.info("exported %s in %.1f s", out, time.time() - started)
-    reference = model(check_images)
-    reference = reference[0] if isinstance(reference, tuple) else reference
-    exported = run_exported(out, check_images)
-    diff = float((exported.float() - reference).abs().max())
-    if not diff <= atol:
-        out.unlink(missing_ok=True)
-        raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {atol:g}) on "
-                           f"{len(check_images)} images; {out} removed")
+    names = list(classes) if classes is not None else list(student.classnames)
+    metadata = export_metadata(names, student, model.alpha, model.beta, heads)
+    partial = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")  # same folder: the final rename is atomic
+    try:
+        started = time.time()
+        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, partial, metadata)
+        log.info("exported %s in %.1f s", out, time.time() - started)
+        reference = model(check_images)
+        reference = reference[0] if isinstance(reference, tuple) else reference
+        diff = float((run_exported(partial, check_images).float() - reference).abs().max())
+        if not diff <= atol:
+            kept = f"; {out} was left as it was" if out.exists() else ""
+            raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {atol:g}) on "
+                               f"{len(check_images)} images; not written{kept}")
+        partial.chmod(0o644)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return ExportResult(out, fmt, diff, len(check_images), out.stat().st_size)
 
 
@@ -178,7 +229,24 @@ def _teacher_speed(meta: CheckpointMeta, images: Tensor) -> tuple[float | str, s
     return images_per_second(teacher, images, rounds=3), f"{params / 1e6:.2f}M"
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, images: list[str] | None = None,
+MODEL_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+def export_path(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
+    """Where ``dho export`` writes: ``out`` when it names a model file (``.onnx``, ``.pt``), else
+    ``model.onnx`` / ``model.pt`` in the directory ``out`` (default: the run's ``export/``)."""
+    from ..checkpoint import resolve_checkpoint
+
+    if out is None:
+        ckpt = resolve_checkpoint(checkpoint)
+        out = (ckpt if ckpt.is_dir() else ckpt.parent).parent / "export"
+    out = Path(out)
+    if out.suffix in MODEL_SUFFIXES.values() and not out.is_dir():
+        return out
+    return out / f"model{MODEL_SUFFIXES[fmt]}"
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str, *, images: list[str] | None = None,
                       split: str = "test", count: int = 64, alpha: float | None = None, beta: float | None = None,
                       heads: bool = False, atol: float = 1e-4, card: bool = True, teacher_speed: bool = True) -> dict:
     """``dho export``: write the student of ``checkpoint`` as one graph, verify it on real images,
@@ -188,8 +256,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, *, imag
     meta = load_metadata(checkpoint)
     student = load_student(checkpoint)
     size = student.preprocess.size
-    check = _check_images(checkpoint, meta, size, images, split, count)
-    result = export_student(student, out, fmt, check, alpha=alpha, beta=beta, heads=heads, atol=atol)
+    out = export_path(checkpoint, out, fmt)
+    try:
+        check = _check_images(checkpoint, meta, size, images, split, count)
+    except ValueError as err:
+        if images or split != "test" or "is empty" not in str(err):
+            raise
+        log.info("this run has no test split: the export is checked on validation images")
+        check = _check_images(checkpoint, meta, size, images, "val", count)
+    result = export_student(student, out, fmt, check, alpha=alpha, beta=beta, heads=heads, atol=atol,
+                            classes=list(meta["classes"]))
     speed: dict[str, float | str] = {"student": images_per_second(load_exported(result.path), check)}
     if teacher_speed:
         speed["teacher"], speed["teacher_params"] = _teacher_speed(meta, check)

@@ -102,9 +102,9 @@ def import_checkpoint(path: str | Path, out: str | Path, arch: str, classes: lis
         raise ValueError(f"the checkpoint's heads have {num_classes} classes, the class list {len(classes)}")
     if clip:  # their KD head: 100 * (W normalize(z) + b), our cosine head with zeta 0.01 and the bias scaled
         cfg = StudentConfig(backbone=arch, source="open_clip", kd_head="cosine", zeta=0.01, cosine_bias="scaled",
-                            image_size=image_size)
-    else:
-        cfg = StudentConfig(backbone=arch, source=source, image_size=image_size)
+                            image_size=image_size, pretrained=False)
+    else:  # the weights come from the file
+        cfg = StudentConfig(backbone=arch, source=source, image_size=image_size, pretrained=False)
     student = build_student(cfg, classes)
     if student.spec.num_features != num_features:
         raise ValueError(f"{arch} has {student.spec.num_features} features, the checkpoint's heads read "

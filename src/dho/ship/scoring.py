@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import CheckpointMeta
+from ..config import RunConfig
 from ..data.manifest import Item, SplitManifest
 from ..evaluate import SplitLogits, own_size_logits
 from ..students import DualHeadStudent
+from ..teachers import Teacher
 
 __all__ = ["checkpoint_logits", "checkpoint_split"]
 
@@ -49,7 +51,9 @@ def checkpoint_split(checkpoint: str | Path, meta: CheckpointMeta, split: str, d
                              f"name one of them, e.g. --data {root / splits[-1]}")
         manifest = folder_manifest(root, meta["classes"], wnids if by_wnid else None)
         return manifest, manifest.test
-    ckpt = Path(checkpoint)
+    from ..checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
     run_dir = (ckpt if ckpt.is_dir() else ckpt.parent).parent
     if not (run_dir / "splits.json").is_file():
         raise FileNotFoundError(f"no splits.json beside the checkpoint in {run_dir}; pass --data DIR")
@@ -65,13 +69,24 @@ def checkpoint_split(checkpoint: str | Path, meta: CheckpointMeta, split: str, d
     return manifest, items
 
 
+def _run_teacher(checkpoint: str | Path, meta: CheckpointMeta, run_cfg: RunConfig, base: Teacher) -> Teacher:
+    """The teacher the run trained against: ``base``, or the few-shot teacher fitted again on the
+    run's labeled shots (from its splits.json) when the run had one (``teacher.adapter``)."""
+    from ..teachers.fewshot import fit_fewshot_teacher
+    from ..training.plan import training_view_size
+
+    if run_cfg.adapter == "none":
+        return base
+    manifest, _ = checkpoint_split(checkpoint, meta, "labeled", None)
+    return fit_fewshot_teacher(run_cfg, base, manifest, training_view_size(run_cfg, base.image_size))
+
+
 def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | Path | None = None, *,
                       with_teacher: bool = False, device: str = "cpu", batch_size: int = 256,
                       progress: bool = False, variant: str | None = None) -> tuple[SplitLogits, CheckpointMeta, DualHeadStudent]:
     """Logits of a saved student (and optionally its teacher) on a split of its run or a folder.
     On a class-subset test set (ImageNet-R / -A) the other classes' logits are -inf."""
     from ..checkpoint import load_metadata, load_student
-    from ..config import RunConfig
     from ..data import ImageStore
     from ..data.variants import mask_logits
     from ..teachers import build_teacher
@@ -85,6 +100,7 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
         teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
         if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
+        teacher = _run_teacher(checkpoint, meta, run_cfg, teacher).to(device)
     logits = own_size_logits(ImageStore(manifest, items, in_memory=False), student, teacher, batch_size=batch_size,
                              device=device, progress=progress, desc=split)
     subset = manifest.info.get("class_subset")

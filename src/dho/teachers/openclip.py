@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import zipfile
 from pathlib import Path
 from typing import Protocol, cast
@@ -13,7 +15,9 @@ from torch import Tensor
 from ..preprocess import Preprocess
 from .base import Teacher
 
-__all__ = ["OpenClipTeacher", "clip_vision_size", "create_clip_model", "wants_quick_gelu"]
+__all__ = ["OpenClipTeacher", "cached_clip_weights", "clip_vision_size", "create_clip_model", "wants_quick_gelu"]
+
+HUB_HOST = "huggingface.co"
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,64 @@ def wants_quick_gelu(model_name: str, pretrained: str | None) -> bool:
     return False
 
 
+def cached_clip_weights(model_name: str, tag: str) -> str | None:
+    """The local file of open_clip's weights ``model_name``/``tag`` when a download left them on
+    disk: the Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``) for weights on the hub, open_clip's
+    own cache (``~/.cache/clip``) for weights fetched from a URL; None when neither holds them."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        return None
+    if cfg.get("file"):
+        return str(cfg["file"])
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, name = os.path.split(hub)
+        name = name or "open_clip_pytorch_model.bin"
+        for candidate in ("open_clip_model.safetensors", name) if name == "open_clip_pytorch_model.bin" else (name,):
+            found = try_to_load_from_cache(repo, candidate)
+            if isinstance(found, str):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        path = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached at all (fails at once without a network)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_tag(model_name: str, pretrained: str) -> str:
+    """An open_clip tag -> the cached file that holds its weights, the tag itself when they must be
+    downloaded, or a one-line error when they are neither on disk nor reachable."""
+    import open_clip
+
+    if not open_clip.get_pretrained_cfg(model_name, pretrained):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise ValueError(f"open_clip has no weights {pretrained!r} for {model_name} (its tags: {known})")
+    cached = cached_clip_weights(model_name, pretrained)
+    if cached:
+        log.info("open_clip weights %s/%s from %s", model_name, pretrained, cached)
+        return cached
+    if not _hub_reachable():
+        raise RuntimeError(f"open_clip weights {model_name}/{pretrained} are not on this machine and the hub cannot be "
+                           "reached; pass a local checkpoint file (teacher.pretrained=PATH) or fetch them once online")
+    return pretrained
+
+
 def create_clip_model(model_name: str, pretrained: str | None, image_size: int | None = None,
                       quick_gelu: bool | None = None) -> torch.nn.Module:
     """An open_clip model by name with weights from a tag or a local file (random without either).
@@ -114,13 +176,21 @@ def create_clip_model(model_name: str, pretrained: str | None, image_size: int |
 
     if pretrained and not Path(pretrained).is_file() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
-    sized = {"force_image_size": image_size} if image_size else {}
+    sized: dict = {"force_image_size": image_size} if image_size else {}
     if quick_gelu is None:
         quick_gelu = wants_quick_gelu(model_name, pretrained)
     if quick_gelu:
         log.info("%s built with QuickGELU, the activation its weights were trained with", model_name)
+    source = pretrained
+    if pretrained and not Path(pretrained).is_file():
+        source = _resolve_tag(model_name, pretrained)
+        if source != pretrained:  # the tag's own normalisation, which a bare file does not carry
+            tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+            norm = {k: tag_cfg[k] for k in ("mean", "std") if tag_cfg.get(k)}
+            if norm:
+                sized["force_preprocess_cfg"] = norm
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained or None, load_weights=bool(pretrained),
+        return open_clip.create_model(model_name, pretrained=source or None, load_weights=bool(source),
                                       force_quick_gelu=quick_gelu, **sized)
     except RuntimeError as err:
         if "Unknown model" in str(err):

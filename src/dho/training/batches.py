@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data import StreamSampler, TrainViews
+from ..progress import progress as progress_bar
 from ..teachers import TeacherOutput
 
 __all__ = ["Batch", "FeatureBatches", "ImageBatches", "RankSlice"]
@@ -114,7 +114,7 @@ class FeatureBatches:
             table[index[:, 0], index[:, 1]] = torch.arange(offset, offset + len(pairs))
             self.rows[name] = table.to(device)
             offset += len(pairs)
-            for lo in tqdm(range(0, len(pairs), chunk), desc=f"features {name}", disable=not progress, leave=False):
+            for lo in progress_bar(range(0, len(pairs), chunk), desc=f"features {name}", enabled=progress, leave=False):
                 items = [views[name][(i, v)] for i, v in pairs[lo:lo + chunk]]
                 images = torch.stack([im for im, _, _ in items]).to(device)
                 feats.append(embed(images))

@@ -26,7 +26,7 @@ from ..data.manifest import SplitManifest
 from ..data.splits import splits_for
 from ..device import free_cores, precision_name, resolve_precision
 from ..methods import METHOD_SPECS
-from ..teachers import Teacher, TeacherOutput, build_teacher
+from ..teachers import Teacher, TeacherOutput, build_teacher, resolve_teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices
 from .plan import planned_views, training_view_size
@@ -150,6 +150,7 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, worker
 def cache_teacher(cfg: RunConfig, out: str | Path, *, dtype: str = "float16", topk: int | None = None,
                   workers: int | None = None, eval_splits: bool = True) -> TeacherCache:
     """``dho cache-teacher``: the store of every teacher output one training run of ``cfg`` draws."""
+    cfg = resolve_teacher(cfg)
     workers = workers or free_cores()
     with executor(workers) as pool:
         return fill_teacher_cache([cfg], Path(out), pool, workers, dtype=dtype, topk=topk, eval_splits=eval_splits)
