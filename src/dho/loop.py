@@ -93,10 +93,9 @@ def train(cfg: RunConfig, *, progress: bool = False, teacher: Teacher | None = N
     ``resume`` continues the run in ``cfg.out`` from its saved state (``state/last``, else
     ``state/previous``); the result is the one an uninterrupted run gives. A fresh run refuses a
     directory that holds a finished or an interrupted run unless ``overwrite``; the directory is
-    locked while the run writes it. SIGINT/SIGTERM finish
-    the current step, save the state and raise :class:`TrainingInterrupted`; a NaN or infinite loss
-    term saves the last good state and raises :class:`NonFiniteLoss`.
-    Under ``torchrun`` every process calls this; rank 0 writes the run directory.
+    locked while the run writes it. SIGINT/SIGTERM finish the current step, save the state and raise
+    :class:`TrainingInterrupted`; a NaN or infinite loss term saves the last good state and raises
+    :class:`NonFiniteLoss`. Under ``torchrun`` every process calls this; rank 0 writes the run directory.
     """
     # ---- set-up: process, device, run directory, resumed state, the split -----------------------
     started = time.time()
@@ -377,7 +376,8 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
         config=cfg.to_dict(), split=manifest.info, metrics={"test": test.get("mixed", test.get("ce_head"))},
         scores={"val": val, "test": test}))
     if run.ctx.is_main:
-        log.info("test accuracy: %s", {k: v for k, v in test.items() if isinstance(v, float)})
+        shown, where = (test, "test") if test.get("n") else (val, "validation (no test split)")
+        log.info("%s accuracy: %s", where, {k: round(v, 4) for k, v in shown.items() if isinstance(v, float)})
     return results
 
 

@@ -21,6 +21,7 @@ from .commands import (
     cmd_demo,
     cmd_eval,
     cmd_export,
+    cmd_fit,
     cmd_import_checkpoint,
     cmd_linear_eval,
     cmd_predict,
@@ -54,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_commands(sub: Any) -> None:
-    """Commands for training a run and what it reads: train, data check, cache-teacher."""
+    """Commands for training a run and what it reads: fit, train, data check, cache-teacher."""
+    p = sub.add_parser("fit", help="labeled class folders (+ an unlabeled pool) -> a checked, compared, exported model")
+    p.add_argument("labeled", metavar="LABELED", help="labeled images in class folders (LABELED/<class>/*.jpg)")
+    p.add_argument("--unlabeled", help="the unlabeled pool: a folder (searched recursively), a text file of paths or a glob")
+    p.add_argument("--out", help="the fit's directory (default runs/fit, then runs/fit2, ...)")
+    p.add_argument("--test", metavar="DIR", help="labeled test images in class folders: every model scored on them")
+    p.add_argument("--steps", type=_positive_int, default=300, help="training steps of each model (default 300)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run keys for every model, e.g. student.image_size=160")
+    p.set_defaults(func=cmd_fit, intermixed=True)
+
     p = sub.add_parser("train", help="train a student (writes config.yaml, metrics.jsonl, checkpoint/, results.json)")
     p.add_argument("--config", help="YAML config (defaults when omitted)")
     p.add_argument("--out", help="run directory (same as out=DIR)")
@@ -234,7 +244,12 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value after an option (`dho fit DIR --unlabeled POOL key=value`) are overrides too
+        if not getattr(args, "intermixed", False) or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     # dho's own notes at INFO; other libraries only warn unless asked (-v)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("dho").setLevel(logging.WARNING if args.quiet else logging.INFO)

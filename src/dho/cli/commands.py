@@ -115,6 +115,27 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..experiments.fit import FitSettings, fit
+    from ..training.rundir import next_free_run_dir
+
+    if not args.unlabeled:
+        raise ValueError("name the unlabeled pool with --unlabeled (DHO learns from the teacher on unlabeled images)")
+    out = Path(args.out) if args.out else next_free_run_dir("runs/fit", marker="fit.json")
+    settings = FitSettings(steps=args.steps, overrides=tuple(args.overrides))
+    r = fit(args.labeled, args.unlabeled, out, test=args.test, settings=settings, progress=_progress())
+    where = "test" if r.test else "validation"
+    print(f"fit {args.labeled}: " + ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in r.val.items()) + " on validation")
+    if r.test:
+        print("  on --test: " + ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in r.test.items()))
+    print(f"shipped {r.chosen} (best on validation): {r.files['model']}")
+    for label, key in (("model card", "card"), (f"per-class accuracy ({where})", "per_class"), ("confusion matrix", "confusion")):
+        if key in r.files:
+            print(f"  {label}: {r.files[key]}")
+    print(f"fit directory: {r.out} (each model's run: {', '.join(str(r.out / n) for n in r.val)})")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ..data.audit import audit_folder
 

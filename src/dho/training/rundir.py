@@ -55,12 +55,14 @@ class MetricsLog:
                 fh.write(json.dumps(record) + "\n")
 
 
-def next_free_run_dir(path: str | Path) -> Path:
+def next_free_run_dir(path: str | Path, marker: str | None = None) -> Path:
     """``path`` when it holds no run yet, else the first of ``path2``, ``path3``, ... that holds
-    none (Ultralytics' naming): a run with the default directory never lands on an earlier one."""
+    none (Ultralytics' naming): a run with the default directory never lands on an earlier one.
+    ``marker``: the file that says a directory is taken (default: a run's config.yaml or results.json)."""
     path = Path(path)
     candidate, n = path, 1
-    while (candidate / "config.yaml").exists() or (candidate / "results.json").exists():
+    markers = (marker,) if marker else ("config.yaml", "results.json")
+    while any((candidate / m).exists() for m in markers):
         n += 1
         candidate = path.with_name(f"{path.name}{n}")
     return candidate

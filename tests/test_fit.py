@@ -1,0 +1,42 @@
+import csv
+import json
+import shutil
+
+from dho.cli.app import main
+
+FAST = ["teacher.kind=synthetic", "student.backbone=resnet18", "student.pretrained=false", "student.image_size=32",
+        "optim.batch_size=8", "eval.batch_size=64", "threads=2"]
+
+
+def test_fit_checks_trains_chooses_and_ships(synth_root, tmp_path, capsys):
+    """Labeled class folders + a flat unlabeled folder (with a broken file) -> DHO-F and CE trained,
+    the better on validation exported with its card, per-class table and confusion plot."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, image in enumerate(sorted((synth_root / "test").rglob("*.png"))):
+        shutil.copy(image, pool / f"{i:04d}.png")
+    (pool / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "fit"
+    code = main(["fit", str(synth_root / "train"), "--unlabeled", str(pool), "--out", str(out), "--test",
+                 str(synth_root / "test"), "--steps", "4", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 0 and "shipped" in printed and "on --test" in printed
+    report = json.loads((out / "fit.json").read_text())
+    assert report["data"]["unlabeled"] == 32 and report["data"]["bad_unlabeled"] == 1
+    assert set(report["val"]) >= {"dho-f", "ce"} and report["chosen"] in report["val"]
+    assert report["chosen"] == max(report["val"], key=report["val"].get)
+    assert (out / "unlabeled.txt").read_text().count("\n") == 32  # the broken file left out
+    model = out / "export" / ("model.onnx" if report["files"]["model"].endswith(".onnx") else "model.pt")
+    assert model.is_file() and (out / "confusion.png").stat().st_size > 0
+    card = (out / "export" / "model.md").read_text()
+    assert "## How it was chosen (`dho fit`)" in card and f"{report['chosen']} (shipped)" in card
+    rows = list(csv.DictReader((out / "per_class.csv").open()))
+    assert [r["class"] for r in rows] == ["circle", "square", "star", "triangle"]
+    assert sum(int(r["images"]) for r in rows) == 32  # scored on the --test images
+    results = json.loads((out / "dho-f" / "results.json").read_text())
+    assert results["teacher"].endswith("+tip-adapter-f")  # DHO-F: the few-shot teacher
+
+
+def test_fit_without_a_pool_is_a_one_line_error(synth_root, tmp_path, capsys):
+    code = main(["fit", str(synth_root / "train"), "--out", str(tmp_path / "fit")])
+    assert code == 1 and "--unlabeled" in capsys.readouterr().err
