@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,export]"
+	$(PY) -m pip install -q -e ".[test,export,tensorboard]"
 	@# WordNet's noun files for the imagenet-bridge teacher (optional: without them it says so and goes on)
 	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get install -y -q wordnet-base >/dev/null 2>&1; } || echo "note: WordNet not installed (apt-get install wordnet-base)"

@@ -48,3 +48,22 @@ def test_the_default_run_directory_counts_up(tmp_path, synth_root, monkeypatch, 
     assert main([*args, "--out", "runs/dho"]) == 2  # named: refused, not renamed
     assert "holds a finished run" in capsys.readouterr().err
     assert main([*args, "--out", "runs/dho", "--exist-ok"]) == 0
+
+
+def test_tensorboard_events_hold_the_metrics_read_back_by_tensorboard(tiny_cfg):
+    """tensorboard=true: every number of metrics.jsonl as a TensorBoard scalar, read back with
+    tensorboard's own event reader."""
+    import json
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(tiny_cfg.override({"tensorboard": True, "eval.eval_every": 2})).run_dir
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/ce_loss", "train/kd_loss", "train/lr", "val/mixed"} <= tags
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")] == \
+        [(step, pytest.approx(loss, abs=1e-6)) for step, loss in losses]

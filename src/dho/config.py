@@ -341,6 +341,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the student's backbone
     checkpoint_every: int = 500  # steps between resumable training states (state/last); 0 = only at the end
     out: str = "runs/dho"  # the run directory
+    tensorboard: bool = False  # also write metrics.jsonl's numbers as TensorBoard events in RUN/tensorboard (extra: tensorboard)
 
     def __post_init__(self) -> None:
         check_literals(self, "")

@@ -112,7 +112,7 @@ def _train(cfg: RunConfig, run: Started, started: float, progress: bool, teacher
     ctx, device, resumed = run.ctx, run.device, run.resumed
     spec, frozen = METHOD_SPECS[cfg.loss.method], cfg.student.freeze_backbone
     manifest = load_splits(cfg, run)
-    metrics = run.dir.metrics(keep_until=run.resumed_step())
+    metrics = run.dir.metrics(keep_until=run.resumed_step(), tensorboard=cfg.tensorboard)
 
     # ---- teacher and student: zero-shot teacher, student, replayed outputs, few-shot teacher -----
     teacher = _zero_shot_teacher(cfg, teacher, manifest, run)

@@ -35,10 +35,14 @@ class MetricsLog:
     later ones, which it is about to write again.
     """
 
-    def __init__(self, path: Path, enabled: bool = True, keep_until: int | None = None) -> None:
+    def __init__(self, path: Path, enabled: bool = True, keep_until: int | None = None,
+                 tensorboard: Path | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self._board: Any = None
         if not enabled:
             return
+        if tensorboard is not None:
+            self._board = _board_writer(tensorboard, keep_until)
         kept = []
         if keep_until is not None and path.is_file():
             for line in path.read_text().splitlines():
@@ -53,6 +57,33 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if self._board is not None:
+                for tag, value in _scalars(record):
+                    self._board.add_scalar(tag, value, global_step=int(record["step"]))
+                self._board.flush()
+
+
+def _board_writer(folder: Path, keep_until: int | None) -> Any:
+    """A TensorBoard SummaryWriter on ``folder``; a resumed run purges the events after its step."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RuntimeError("tensorboard=true needs the tensorboard package: pip install 'dho[tensorboard]'") from None
+    return SummaryWriter(str(folder), purge_step=None if keep_until is None else keep_until + 1)
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """A metrics record's numbers as (tag, value): top-level ones under ``train/`` (the step and
+    epoch left out), nested ones by their path (``val/mixed``, ``conflict/cos_params``)."""
+    out: list[tuple[str, float]] = []
+    for key, value in record.items():
+        if not prefix and key in ("step", "epoch"):
+            continue
+        if isinstance(value, dict):
+            out += _scalars(value, f"{prefix or ''}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((f"{prefix or 'train/'}{key}", float(value)))
+    return out
 
 
 def next_free_run_dir(path: str | Path, marker: str | None = None) -> Path:
@@ -123,8 +154,9 @@ class RunDir:
                 (self.path / "results.json").unlink(missing_ok=True)
             save_config(cfg, self.path / "config.yaml")
 
-    def metrics(self, keep_until: int | None) -> MetricsLog:
-        return MetricsLog(self.path / "metrics.jsonl", enabled=self.writes, keep_until=keep_until)
+    def metrics(self, keep_until: int | None, tensorboard: bool = False) -> MetricsLog:
+        return MetricsLog(self.path / "metrics.jsonl", enabled=self.writes, keep_until=keep_until,
+                          tensorboard=self.path / "tensorboard" if tensorboard else None)
 
     def write(self, name: str, writer: Callable[[Path], Any]) -> None:
         """``writer(path / name)``, e.g. ``manifest.save`` or a checkpoint; writers write atomically."""
