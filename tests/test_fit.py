@@ -40,3 +40,16 @@ def test_fit_checks_trains_chooses_and_ships(synth_root, tmp_path, capsys):
 def test_fit_without_a_pool_is_a_one_line_error(synth_root, tmp_path, capsys):
     code = main(["fit", str(synth_root / "train"), "--out", str(tmp_path / "fit")])
     assert code == 1 and "--unlabeled" in capsys.readouterr().err
+
+
+def test_the_input_size_follows_the_images(tmp_path):
+    from PIL import Image
+
+    from dho.experiments.fit import input_size_for
+
+    for side, expected in ((32, 64), (48, 96), (500, 128)):
+        folder = tmp_path / str(side) / "cls"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (side + 40, side)).save(folder / f"{i}.png")
+        assert input_size_for(tmp_path / str(side)) == expected

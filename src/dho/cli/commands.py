@@ -321,7 +321,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            student_size=32, teacher_size=32, shots=min(settings.shots, 8), epochs=min(settings.epochs, 20),
                            max_unlabeled=None, val_fraction=0.1, batch_size=16)
     elif args.data:
+        from ..experiments.fit import input_size_for
+
         root = Path(args.data)
+        settings = replace(settings, student_size=input_size_for(root))  # CIFAR-10's 64 px would starve larger photos
+        print(f"student input size for {root}: {settings.student_size} px (twice the images' median shorter side, 64-128)")
     else:
         from ..data.cifar import prepare_cifar10
 

@@ -19,6 +19,7 @@ images' own size), ``FitSettings.steps`` steps, ``FitSettings.views`` views of e
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import statistics
@@ -29,7 +30,7 @@ from typing import Any
 from ..config import RunConfig
 from ..files import write_text_atomic
 
-__all__ = ["FitResult", "FitSettings", "fit"]
+__all__ = ["FitResult", "FitSettings", "fit", "input_size_for"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,24 @@ def _student_size(sizes: list[list[int]]) -> int:
     """64-128 px: twice the images' median shorter side, in steps of 32 (CIFAR's 32 px -> 64)."""
     short = statistics.median(min(s) for s in sizes) if sizes else 128
     return int(min(128, max(64, round(2 * short / 32) * 32)))
+
+
+def input_size_for(root: str | Path, sample: int = 256) -> int:
+    """The student input size for the images under ``root`` (:func:`_student_size` of the sizes
+    read from the headers of an even sample of up to ``sample`` of them; nothing is decoded)."""
+    from PIL import Image
+
+    from ..data.images import IMAGE_EXTENSIONS
+
+    files = sorted(p for p in Path(root).expanduser().rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    sizes = []
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sizes.append(list(image.size))
+        except OSError:  # a bad file: dho data check reports it
+            continue
+    return _student_size(sizes)
 
 
 def _check_data(labeled: Path, unlabeled: str | None, out: Path, workers: int) -> tuple[dict, str | None, int]:
@@ -139,10 +158,11 @@ def _per_class(checkpoint: Path, test: str | None, out: Path) -> tuple[float, di
     confusion = torch.bincount(logits.labels * n + pred, minlength=n * n).view(n, n)
     rows = [{"class": c, "images": int(confusion[i].sum()), "correct": int(confusion[i, i]),
              "accuracy": f"{float(confusion[i, i]) / max(1, int(confusion[i].sum())):.4f}"} for i, c in enumerate(classes)]
-    with (out / "per_class.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "per_class.csv", text.getvalue())
     _plot_confusion(confusion.numpy(), classes, out / "confusion.png", "test" if test else "validation")
     accuracy = float((pred == logits.labels).float().mean())
     return accuracy, {"per_class": str(out / "per_class.csv"), "confusion": str(out / "confusion.png")}
@@ -188,7 +208,7 @@ def _comparison(out: Path, results: dict[str, dict], chosen: str, test: dict[str
     for name, r in results.items():
         cell = f" {100 * test[name]:.2f}% |" if name in test else ""
         lines.append(f"| {name}{' (shipped)' if name == chosen else ''} | {100 * _val_accuracy(r):.2f}% |{cell}")
-    card.write_text(card.read_text() + "\n".join(lines) + "\n")
+    write_text_atomic(card, card.read_text() + "\n".join(lines) + "\n")
 
 
 def fit(labeled: str | Path, unlabeled: str | None = None, out: str | Path = "runs/fit", *, test: str | None = None,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import write_text_atomic
 from .tables import (
     LABELS,
     METHOD_ORDER,
@@ -327,7 +328,7 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None) -> di
     sections = [(title, [(c, p) for c, p in images if p is not None]) for title, images in plots.items()]
     written.update({p.name: p for _, images in sections for _, p in images})
     report = out_dir / "report.md"
-    report.write_text(_report_markdown(sweep_dir, rows, written["table.md"].read_text(), sections, out_dir))
+    write_text_atomic(report, _report_markdown(sweep_dir, rows, written["table.md"].read_text(), sections, out_dir))
     written["report.md"] = report
     log.info("wrote %s (%d files)", report, len(written))
     return written

@@ -9,11 +9,14 @@ rows for the teacher's own test accuracy) and one run directory per student run 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
+
+from ..files import write_text_atomic
 
 __all__ = [
     "HEAD_ROWS", "LABELS", "METHOD_ORDER", "conflict_records", "conflict_table", "load_results", "method_key",
@@ -180,13 +183,14 @@ def write_tables(rows: list[dict], out_dir: Path | str) -> dict[str, Path]:
     summary = summary_table(rows)
     blocks = [f"### Teacher: {t}\n\n{_markdown_table(summary, t)}\n" for t in teacher_labels(summary)]
     md = out_dir / "table.md"
-    md.write_text("\n".join(blocks))
+    write_text_atomic(md, "\n".join(blocks))
     path = out_dir / "table.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["teacher", "method", "shots", "mean", "std", "n"])
-        writer.writeheader()
-        for e in summary:
-            writer.writerow({**e, "mean": round(e["mean"], 4), "std": round(e["std"], 4)})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["teacher", "method", "shots", "mean", "std", "n"], lineterminator="\n")
+    writer.writeheader()
+    for e in summary:
+        writer.writerow({**e, "mean": round(e["mean"], 4), "std": round(e["std"], 4)})
+    write_text_atomic(path, text.getvalue())
     log.info("wrote %s and %s", md, path)
     return {"table.md": md, "table.csv": path}
 
