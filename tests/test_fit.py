@@ -53,3 +53,34 @@ def test_the_input_size_follows_the_images(tmp_path):
         for i in range(3):
             Image.new("RGB", (side + 40, side)).save(folder / f"{i}.png")
         assert input_size_for(tmp_path / str(side)) == expected
+
+
+def test_suggest_ranks_the_pool_class_balanced_without_near_duplicates(synth_root, tmp_path, capsys):
+    """dho suggest on a trained run: N picks, no two copies of one image; the CSV and the contact
+    sheet written."""
+    import torch
+
+    from dho.experiments.suggest import pick_balanced
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    images = sorted((synth_root / "test").rglob("*.png"))
+    for i, image in enumerate(images):
+        shutil.copy(image, pool / f"{i:04d}.png")
+        shutil.copy(image, pool / f"{i:04d}-copy.png")  # an exact duplicate of each
+    out = tmp_path / "fit"
+    assert main(["fit", str(synth_root / "train"), "--unlabeled", str(synth_root / "test"), "--out", str(out),
+                 "--steps", "4", *FAST]) == 0
+    capsys.readouterr()
+    code = main(["suggest", str(out / "dho-f"), "--unlabeled", str(pool), "--n", "12"])
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "dho-f" / "suggest" / "suggestions.csv").open()))
+    assert code == 0 and "12 images to label next" in printed and len(rows) == 12
+    stems = [r["path"].rsplit("/", 1)[-1].replace("-copy", "") for r in rows]
+    assert len(set(stems)) == 12  # never an image and its copy
+    assert (out / "dho-f" / "suggest" / "suggestions.png").stat().st_size > 0
+    # the picking rule on its own: best first per class, classes in turn, duplicates skipped
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    predicted = torch.tensor([0, 0, 1, 1, 0])
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, -0.6]])
+    assert pick_balanced(scores, predicted, features, 4) == [0, 2, 4, 3]

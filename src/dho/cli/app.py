@@ -26,6 +26,7 @@ from .commands import (
     cmd_linear_eval,
     cmd_predict,
     cmd_report,
+    cmd_suggest,
     cmd_sweep,
     cmd_synth,
     cmd_train,
@@ -140,6 +141,14 @@ def _student_commands(sub: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("suggest", help="which unlabeled images to label next: where the heads and the teacher disagree")
+    p.add_argument("checkpoint", metavar="RUN", help="a run directory (or its checkpoint)")
+    p.add_argument("--unlabeled", required=True, help="the pool: a folder (searched recursively), a text file of paths or a glob")
+    p.add_argument("--n", type=_positive_int, default=100, help="how many images to suggest (default 100)")
+    p.add_argument("--out", help="directory for suggestions.csv and suggestions.png (default RUN/suggest)")
+    p.add_argument("--dedup", type=float, default=0.95, help="skip images this close (feature cosine) to a pick (default 0.95)")
+    p.set_defaults(func=cmd_suggest)
 
 
 def _experiment_commands(sub: Any) -> None:

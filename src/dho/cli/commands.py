@@ -136,6 +136,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from ..checkpoint import resolve_checkpoint
+    from ..experiments.suggest import suggest
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent).parent / "suggest"
+    picks = suggest(args.checkpoint, args.unlabeled, args.n, out, dedup=args.dedup, progress=_progress())
+    classes = sorted({p.predicted for p in picks})
+    print(f"{len(picks)} images to label next ({len(classes)} predicted classes among them), most informative first:")
+    for rank, pick in enumerate(picks[:5], 1):
+        print(f"  {rank}. {pick.path}  (predicted {pick.predicted}, score {pick.score:.3f})")
+    print(f"wrote {out / 'suggestions.csv'} and {out / 'suggestions.png'}")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ..data.audit import audit_folder
 

@@ -11,7 +11,7 @@ from ..evaluate import SplitLogits, own_size_logits
 from ..students import DualHeadStudent
 from ..teachers import Teacher
 
-__all__ = ["checkpoint_logits", "checkpoint_split"]
+__all__ = ["checkpoint_logits", "checkpoint_split", "run_teacher"]
 
 
 def _wnids(meta: CheckpointMeta) -> list[str] | None:
@@ -69,7 +69,7 @@ def checkpoint_split(checkpoint: str | Path, meta: CheckpointMeta, split: str, d
     return manifest, items
 
 
-def _run_teacher(checkpoint: str | Path, meta: CheckpointMeta, run_cfg: RunConfig, base: Teacher) -> Teacher:
+def run_teacher(checkpoint: str | Path, meta: CheckpointMeta, run_cfg: RunConfig, base: Teacher) -> Teacher:
     """The teacher the run trained against: ``base``, or the few-shot teacher fitted again on the
     run's labeled shots (from its splits.json) when the run had one (``teacher.adapter``)."""
     from ..teachers.fewshot import fit_fewshot_teacher
@@ -100,7 +100,7 @@ def checkpoint_logits(checkpoint: str | Path, split: str = "test", data: str | P
         teacher = build_teacher(run_cfg.teacher, meta["classes"], run_cfg.data.dataset).to(device)
         if "templates" in meta and list(teacher.templates) != list(meta["templates"]):
             raise ValueError(f"the rebuilt teacher's prompt templates differ from those {checkpoint} was trained with")
-        teacher = _run_teacher(checkpoint, meta, run_cfg, teacher).to(device)
+        teacher = run_teacher(checkpoint, meta, run_cfg, teacher).to(device)
     logits = own_size_logits(ImageStore(manifest, items, in_memory=False), student, teacher, batch_size=batch_size,
                              device=device, progress=progress, desc=split)
     subset = manifest.info.get("class_subset")
