@@ -164,3 +164,33 @@ def test_device_crops_give_the_same_run(tiny_cfg, tmp_path):
         assert torch.equal(x, y), name
     with pytest.raises(ValueError, match="in-memory"):
         ImageStore(splits_for(tiny_cfg.data), [], in_memory=False).to(torch.device("cpu"))
+
+
+def test_images_kept_small_crop_the_same_in_the_store_the_adapter_and_training(tiny_cfg, tmp_path):
+    """data.store_side: training images are kept with their shorter side at most that; the teacher
+    store (computed in its own process), the few-shot adapter and the training streams crop the
+    same kept images, so replayed outputs still equal online ones; a store kept at another side is refused."""
+    from dho.training.precompute import cache_teacher
+
+    cfg = tiny_cfg.override({"data.num_views": 2, "data.store_side": 24, "teacher.adapter": "tip", "out": str(tmp_path / "a")})
+    manifest = splits_for(cfg.data)
+    kept = ImageStore(manifest, manifest.labeled[:2], max_side=cfg.store_side(40))
+    assert [tuple(kept.image(i).shape) for i in range(2)] == [(3, 24, 24)] * 2  # 32 x 32 synthetic images, kept at 24
+    assert cfg.override({"data.store_side": "auto"}).store_side(40) == 80 and cfg.override({"data.store_side": None}).store_side(40) is None
+    cache_teacher(cfg, tmp_path / "store", dtype="float32", workers=1)
+    cached = train(cfg.override({"teacher.cache": str(tmp_path / "store")}))
+    online = train(cfg.override({"out": str(tmp_path / "b")}))
+    assert cached.results["teacher_cache"]["misses"] == 0
+    for x, y in zip(cached.student.state_dict().values(), online.student.state_dict().values()):
+        torch.testing.assert_close(x.float(), y.float(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="store_side=24"):
+        train(cfg.override({"teacher.cache": str(tmp_path / "store"), "data.store_side": 28, "out": str(tmp_path / "c")}))
+
+
+def test_images_beyond_the_memory_budget_stream_from_disk_with_the_same_result(tiny_cfg, tmp_path, caplog):
+    kept = train(tiny_cfg)
+    with caplog.at_level("WARNING", logger="dho"):
+        streamed = train(tiny_cfg.override({"data.memory_budget": 1e-12, "out": str(tmp_path / "streamed")}))
+    assert "decoding them from disk at every use" in caplog.text
+    for x, y in zip(kept.student.state_dict().values(), streamed.student.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

@@ -170,6 +170,12 @@ class DataConfig:
     unlabeled: str | None = None
     max_unlabeled: int | None = None  # a class-balanced random subset of the unlabeled pool
     in_memory: bool = True  # decode every image once and keep the uint8 tensors
+    # training images are kept (in memory, and cropped) with their shorter side at most this many pixels:
+    # auto = twice the training view size; null = full size (the authors' code crops full-size images)
+    store_side: int | Literal["auto"] | None = "auto"
+    # with in_memory: the share of this machine's memory the kept images may take (estimated from a
+    # sample of image headers); beyond it they are decoded from disk at every use, in DataLoader workers
+    memory_budget: float = 0.5
     view_size: int | None = None  # training crops are made at this size; None = the larger model size
     num_views: int | None = None  # distinct augmented views per image (pass p replays view p % n); None = new each pass
     num_workers: int = 0  # DataLoader worker processes decoding images (0 = in the training process)
@@ -204,6 +210,9 @@ class DataConfig:
             raise ConfigError(f"data.test_fraction={self.test_fraction!r} must be in [0, 1)")
         if self.view_size is not None:
             check_positive("data.view_size", self.view_size)
+        if isinstance(self.store_side, int):
+            check_positive("data.store_side", self.store_side)
+        check_range("data.memory_budget", self.memory_budget, 0, 1)
         if self.num_views is not None:
             check_positive("data.num_views", self.num_views)
 
@@ -361,6 +370,12 @@ class RunConfig:
         if self.teacher.adapter_file:
             return "tip-f"
         return "tip-f" if self.data.shots is not None and METHOD_SPECS[self.loss.method].teacher else "none"
+
+    def store_side(self, view_size: int) -> int | None:
+        """The longest shorter side a training image is kept at (``data.store_side``; auto = twice
+        the training view size), or None for full size. Crops are drawn from the image as kept."""
+        side = self.data.store_side
+        return 2 * view_size if side == "auto" else side
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(dataclasses.asdict(self))

@@ -13,10 +13,10 @@ from torch.utils.data import Dataset
 
 from ..progress import progress as progress_bar
 from .decode import BadImage
-from .images import apply_crop, crop_params, decode_image, eval_view
+from .images import apply_crop, crop_params, decode_image, eval_view, shrink
 from .manifest import Item, SplitManifest
 
-__all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews", "eval_key", "view_key"]
+__all__ = ["EvalViews", "ImageStore", "StreamSampler", "TrainViews", "eval_key", "kept_bytes", "view_key"]
 
 
 # The names of a sample's views in teacher caches and stores: the one key format of the package.
@@ -34,8 +34,8 @@ class ImageStore:
     """The images of one split as uint8 [3, H, W] tensors, decoded once (``in_memory``) or on demand."""
 
     def __init__(self, manifest: SplitManifest, items: list[Item], in_memory: bool = True, progress: bool = False,
-                 desc: str = "decode") -> None:
-        self.manifest = manifest
+                 desc: str = "decode", max_side: int | None = None) -> None:
+        self.manifest, self.max_side = manifest, max_side  # max_side: shorter sides brought down to it
         self.items = list(items)
         self.labels = torch.tensor([y for _, y in self.items], dtype=torch.long)
         self._images: list[Tensor] | None = None
@@ -44,7 +44,7 @@ class ImageStore:
 
     def _decode(self, rel: str) -> Tensor:
         try:
-            return decode_image(self.manifest.path(rel))
+            return shrink(decode_image(self.manifest.path(rel)), self.max_side)
         except BadImage as err:
             raise BadImage(err.kind, f"{err}; list every bad file with `dho data check {self.manifest.root}`, "
                                      "or train with --skip-bad (data.skip_bad=true)") from None
@@ -66,6 +66,26 @@ class ImageStore:
 
     def sample_id(self, index: int) -> str:
         return self.items[index][0]
+
+
+def kept_bytes(manifest: SplitManifest, items: list[Item], max_side: int | None, sample: int = 256) -> int:
+    """An estimate of the memory :class:`ImageStore` takes to keep ``items`` decoded (uint8 RGB,
+    shorter sides brought down to ``max_side``), from the headers of an even sample of them."""
+    from PIL import Image
+
+    if not items:
+        return 0
+    chosen = items[:: max(1, len(items) // sample)][:sample]
+    total = 0
+    for rel, _ in chosen:
+        try:
+            with Image.open(manifest.path(rel)) as image:
+                w, h = image.size
+        except OSError:  # a bad file: the decode reports it
+            continue
+        scale = min(1.0, max_side / min(w, h)) if max_side else 1.0
+        total += 3 * round(w * scale) * round(h * scale)
+    return total * len(items) // len(chosen)
 
 
 class TrainViews(Dataset):

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import decode
 
-__all__ = ["IMAGE_EXTENSIONS", "CropParams", "apply_crop", "array_to_uint8_tensor", "crop_params", "decode_image", "eval_view",
+__all__ = ["IMAGE_EXTENSIONS", "CropParams", "apply_crop", "array_to_uint8_tensor", "crop_params", "decode_image", "eval_view", "shrink",
            "to_uint8_tensor"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -60,6 +60,13 @@ def decode_image(path: str | Path) -> Tensor:
     """An image file -> uint8 [3, H, W]; a file that cannot be decoded raises :class:`BadImage`."""
     array, _ = decode.open_rgb(path)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def shrink(image: Tensor, side: int | None) -> Tensor:
+    """``image`` with its shorter side brought down to ``side`` (antialiased; never enlarged)."""
+    if side is None or min(image.shape[-2:]) <= side:
+        return image
+    return TF.resize(image, [side], antialias=True)
 
 
 def eval_view(image: Tensor, size: int) -> Tensor:

@@ -155,7 +155,7 @@ def fit_fewshot_teacher(cfg: RunConfig, base: Teacher, manifest: SplitManifest, 
             log.warning("teacher.zeta=%g: the file's zero-shot logits are 100 * cos, these are cos / %g", base.zeta, base.zeta)
         log.info("few-shot teacher read from %s: %s", t.adapter_file, adapter.describe())
         return FewShotTeacher(base, adapter)
-    labeled = ImageStore(manifest, manifest.labeled, in_memory=True)
+    labeled = ImageStore(manifest, manifest.labeled, in_memory=True, max_side=cfg.store_side(view_size))  # as training keeps them
     n, v = len(labeled), t.adapter_views
     views = TrainViews(labeled, view_size, cfg.optim.crop_scale, seed=cfg.seed + ADAPTER_SEED_OFFSET)
     fresh = adapter_view_indices(cfg)[v:]  # Tip-Adapter-F's views, one per epoch (when adapter_train_views=fresh)

@@ -21,7 +21,7 @@ import torch
 
 from ..config import DataConfig, RunConfig
 from ..data.datasets import eval_key, view_key
-from ..data.images import apply_crop, crop_params, decode_image, eval_view
+from ..data.images import apply_crop, crop_params, decode_image, eval_view, shrink
 from ..data.manifest import SplitManifest
 from ..data.splits import splits_for
 from ..device import free_cores, precision_name, resolve_precision
@@ -78,6 +78,7 @@ def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], tor
     teacher = build_teacher(cfg.teacher, manifest.classes, cfg.data.dataset)
     teacher.autocast_dtype = resolve_precision(cfg.precision, torch.device("cpu"))
     view_size = training_view_size(cfg, teacher.image_size)
+    side = cfg.store_side(view_size)
     keys, feats, logits = [], [], []
     for start in range(0, len(requests), 128):
         chunk = requests[start:start + 128]
@@ -88,6 +89,7 @@ def teacher_job(cfg: RunConfig, requests: list[Request]) -> tuple[list[str], tor
                 images.append(eval_view(image, teacher.image_size))
             else:
                 assert view is not None  # a training view's request has both a crop seed and a view
+                image = shrink(image, side)  # as the training streams keep it
                 params = crop_params(seed, path, view, image.shape[1], image.shape[2], cfg.optim.crop_scale)
                 images.append(apply_crop(image, params, view_size))
         by_size: dict[int, list[int]] = {}
@@ -110,8 +112,9 @@ def store_info(cfg: RunConfig, teacher: Teacher) -> dict:
     """What makes stored views reusable: the base teacher and the precision it ran at (on the CPU,
     where stores are computed), the view size, crop scale and data root."""
     fields = {k: v for k, v in asdict(cfg.teacher).items() if not k.startswith("adapter") and k != "cache"}
-    return {"teacher": fields, "view_size": training_view_size(cfg, teacher.image_size), "root": cfg.data.root,
-            "crop_scale": list(cfg.optim.crop_scale),
+    view_size = training_view_size(cfg, teacher.image_size)
+    return {"teacher": fields, "view_size": view_size, "root": cfg.data.root, "crop_scale": list(cfg.optim.crop_scale),
+            "store_side": cfg.store_side(view_size),
             "teacher_precision": precision_name(resolve_precision(cfg.precision, torch.device("cpu")))}
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..config import RunConfig
 from ..data import ImageStore, SplitManifest, TrainViews
+from ..data.datasets import kept_bytes
 from ..data.duplicates import check_overlaps
 from ..data.splits import splits_for
 from ..device import free_cores, precision_name, resolve_precision, seed_everything
@@ -124,7 +125,9 @@ def teacher_store(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) 
     store = cache.store
     assert store is not None  # a loaded cache reads its store
     info = store.meta.get("info", {})
-    expected = {"view_size": training_view_size(cfg, base.image_size), "crop_scale": list(cfg.optim.crop_scale)}
+    view_size = training_view_size(cfg, base.image_size)
+    expected = {"view_size": view_size, "crop_scale": list(cfg.optim.crop_scale),
+                "store_side": cfg.store_side(view_size)}
     clash = {k: (info[k], v) for k, v in expected.items() if k in info and info[k] != v}
     if clash:
         raise ValueError(f"teacher.cache={cfg.teacher.cache} was built for other views: "
@@ -146,11 +149,13 @@ def build_streams(cfg: RunConfig, run: Started, manifest: SplitManifest, spec: M
     """The endless labeled + unlabeled batch streams the method draws from, picking up at step
     ``start``, and the function that opens a split's image store (validation and test use it)."""
     d, ctx, device = cfg.data, run.ctx, run.device
-    store = partial(_store, manifest, d.in_memory, run.shows(progress))
-    views = {name: TrainViews(store(items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
+    side = cfg.store_side(view_size)  # training images are kept at this size; validation and test at full size
+    in_memory, workers = _memory_plan(cfg, manifest, side)
+    store = partial(_store, manifest, in_memory, run.shows(progress))
+    views = {name: TrainViews(store(side, items, name), view_size, cfg.optim.crop_scale, seed=cfg.seed, num_views=d.num_views)
              for name, items, used in (("labeled", manifest.labeled, spec.labeled),
                                        ("unlabeled", manifest.unlabeled, spec.unlabeled)) if used}
-    device_crops = d.in_memory and (d.device_crops if d.device_crops is not None else device.type == "cuda")
+    device_crops = in_memory and (d.device_crops if d.device_crops is not None else device.type == "cuda")
     if device_crops:  # decoded once, uploaded once; each step's crops and flips run on the device
         for v in views.values():
             v.store.to(device)
@@ -160,12 +165,29 @@ def build_streams(cfg: RunConfig, run: Started, manifest: SplitManifest, spec: M
             ctx.rank, ctx.world_size, progress=run.shows(progress), start=start)
     else:
         batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, teacher_fn,
-                               0 if device_crops else d.num_workers, ctx.rank, ctx.world_size, start=start)
-    return batches, store
+                               0 if device_crops else workers, ctx.rank, ctx.world_size, start=start)
+    return batches, partial(store, None)
 
 
-def _store(manifest: SplitManifest, in_memory: bool, progress: bool, items: list, name: str) -> ImageStore:
-    return ImageStore(manifest, items, in_memory=in_memory, progress=progress, desc=f"decode {name}")
+def _memory_plan(cfg: RunConfig, manifest: SplitManifest, side: int | None) -> tuple[bool, int]:
+    """(keep the training images in memory, DataLoader workers): in memory when asked and they fit
+    ``data.memory_budget``; else decoded from disk, in ``data.num_workers`` workers or the free cores."""
+    d = cfg.data
+    if not d.in_memory:
+        return False, d.num_workers
+    need = kept_bytes(manifest, [*manifest.labeled, *manifest.unlabeled], side)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need <= d.memory_budget * memory:
+        return True, d.num_workers
+    workers = d.num_workers or max(1, free_cores() - 1)
+    log.warning("the training images would take about %.1f GB decoded, above data.memory_budget=%g of this machine's "
+                "%.1f GB: decoding them from disk at every use, in %d DataLoader workers", need / 1e9, d.memory_budget,
+                memory / 1e9, workers)
+    return False, workers
+
+
+def _store(manifest: SplitManifest, in_memory: bool, progress: bool, max_side: int | None, items: list, name: str) -> ImageStore:
+    return ImageStore(manifest, items, in_memory=in_memory, progress=progress, desc=f"decode {name}", max_side=max_side)
 
 
 def choose_backward(cfg: RunConfig, spec: MethodSpec, params: Sequence[Tensor], ctx: DistContext) -> Backward:
