@@ -76,3 +76,17 @@ def test_no_loader_executes_code():
             assert re.search(r"def find_class.*\n.*if name == \"Datum\"", text) and "pickle.load(" not in text, path
             continue
         assert not re.search(r"import pickle|pickle\.loads?\(|Unpickler", text), path
+
+
+def test_checkpoint_files_are_created_with_one_mode(tmp_path):
+    """safetensors creates its file 0600; every file a checkpoint writes gets the mode a plain
+    open() gives (0644 under the usual umask), with no temporary file left beside them."""
+    import os
+    import stat
+
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["x", "y"])
+    save_checkpoint(student, tmp_path / "ckpt")
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"model.safetensors": 0o666 & ~mask, "model.json": 0o666 & ~mask}

@@ -86,6 +86,9 @@ def test_disk_full_and_out_of_memory_are_one_line(capsys, monkeypatch):
          "dho: error: no space left on the device writing runs/x/state/last/tensors.safetensors; free some space"),
         (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details"), "dho: error: out of memory (CUDA out of memory."),
         (MemoryError(), "dho: error: out of memory (MemoryError); lower optim.batch_size"),
+        (__import__("safetensors").SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                                   'message: "No space left on device" })'),
+         "dho: error: no space left on the device; free some space"),  # safetensors' own error type
     ]:
         def fail(args, err=err):
             raise err

@@ -29,18 +29,8 @@ from .coerce import (
 from .files import write_text_atomic
 from .methods import METHOD_SPECS
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "LossConfig",
-    "OptimConfig",
-    "RunConfig",
-    "StudentConfig",
-    "TeacherConfig",
-    "load_config",
-    "save_config",
-]
+__all__ = ["ConfigError", "DataConfig", "EvalConfig", "LossConfig", "OptimConfig", "RunConfig", "StudentConfig",
+           "TeacherConfig", "load_config", "save_config"]
 
 
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")

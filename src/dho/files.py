@@ -57,12 +57,22 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def write_file_atomic(path: str | Path, write: Writer) -> Path:
     """``write(tmp)`` then fsync and rename onto ``path``; on any failure ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would make it (some writers create files 0600)
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:

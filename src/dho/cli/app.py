@@ -290,6 +290,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dho: error: {_describe(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except Exception as err:  # a library's own error type; a full disk under safetensors' SafetensorError
+        if args.traceback or not _disk_full(err):
+            raise
+        print(f"dho: error: {_describe(err)}", file=sys.stderr)
+        return 1
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC, as an OSError or in the text of another library's error ("os error 28")."""
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    text = str(err).lower()
+    return "os error 28" in text or "no space left on device" in text
 
 
 def _describe(err: BaseException) -> str:
@@ -297,8 +310,8 @@ def _describe(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if isinstance(err, OSError) and err.strerror and err.filename and text.startswith("[Errno"):
         text = f"{err.strerror.lower()}: {err.filename}"  # not "[Errno 2] No such file or directory: 'x'"
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        where = f" writing {err.filename}" if err.filename else ""
+    if _disk_full(err):
+        where = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
         return (f"no space left on the device{where}; free some space and run again "
                 "(an interrupted training run continues with dho train --resume RUN)")
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(

@@ -17,24 +17,9 @@ from typing import Any
 
 from ..files import write_text_atomic
 
-__all__ = [
-    "cmd_cache_teacher",
-    "cmd_config",
-    "cmd_data_check",
-    "cmd_demo",
-    "cmd_eval",
-    "cmd_export",
-    "cmd_import_checkpoint",
-    "cmd_linear_eval",
-    "cmd_predict",
-    "cmd_report",
-    "cmd_sweep",
-    "cmd_synth",
-    "cmd_train",
-    "cmd_tsne",
-    "cmd_tune",
-    "cmd_zeroshot"
-]
+__all__ = ["cmd_cache_teacher", "cmd_config", "cmd_data_check", "cmd_demo", "cmd_eval", "cmd_export", "cmd_fit",
+           "cmd_import_checkpoint", "cmd_linear_eval", "cmd_predict", "cmd_report", "cmd_suggest", "cmd_sweep",
+           "cmd_synth", "cmd_train", "cmd_tsne", "cmd_tune", "cmd_zeroshot"]
 
 log = logging.getLogger("dho")
 
