@@ -128,7 +128,8 @@ def teacher_store(cfg: RunConfig, teacher: Teacher, given: TeacherCache | None) 
     view_size = training_view_size(cfg, base.image_size)
     expected = {"view_size": view_size, "crop_scale": list(cfg.optim.crop_scale),
                 "store_side": cfg.store_side(view_size)}
-    clash = {k: (info[k], v) for k, v in expected.items() if k in info and info[k] != v}
+    known = {**info, "store_side": info.get("store_side")} if "view_size" in info else info  # stores before store_side: full size
+    clash = {k: (known[k], v) for k, v in expected.items() if k in known and known[k] != v}
     if clash:
         raise ValueError(f"teacher.cache={cfg.teacher.cache} was built for other views: "
                          + ", ".join(f"{k}={a} (this run: {b})" for k, (a, b) in clash.items()))
