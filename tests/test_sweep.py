@@ -138,3 +138,34 @@ def test_a_grid_of_labeled_fractions(tmp_path, synth_root):
     assert (frac.data.shots, frac.data.fraction, frac.data.low_shot) == (None, 0.01, "file")
     assert frac.out == str(tmp_path / "out" / "zero-shot" / "1pct" / "seed1" / "dho")
     assert (shots.data.shots, shots.out.split("/")[-3]) == (16, "16shot")
+
+
+def test_ctrl_c_stops_a_sweep_without_starting_queued_runs(tmp_path, synth_root):
+    """SIGINT to the sweep's process group (what Ctrl-C sends): the runs in progress save and stop,
+    no queued run starts, exit 130; the same command goes on later."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"""
+sweep: {{methods: [ce, dho], shots: [2], seeds: [0, 1, 2, 3, 4, 5], workers: 2}}
+run:
+  teacher: {{kind: synthetic, adapter: none}}
+  data: {{root: {synth_root}, val_fraction: 0.2}}
+  student: {{backbone: resnet18, pretrained: false, image_size: 32}}
+  optim: {{epochs: 40, batch_size: 8}}
+""")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dho", "-q", "sweep", str(path), "--out", str(out)],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("**/results.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    finished = len(list(out.glob("**/results.json")))
+    assert proc.returncode == 130, err[-2000:]
+    assert 1 <= finished <= 4, finished  # the first ones, and those running at the signal: not all 12

@@ -51,6 +51,7 @@ from ..training.plan import training_view_size
 from ..training.pool import executor
 from ..training.precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
 from ..training.state import config_changes, load_state
+from ..training.stopping import TrainingInterrupted
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
@@ -241,6 +242,29 @@ def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -
     _write_rows(out / "results.csv", rows)
 
 
+def _await(futures: dict[tuple, Future], gather: Any) -> list[str]:
+    """Wait for the runs, gathering results as each ends; one failed run does not lose the others.
+    A stop (Ctrl-C in this process, or a run interrupted by its signal) cancels every queued run:
+    the runs in progress save their state and stop, nothing else starts."""
+    failures = []
+    try:
+        for job in as_completed(futures.values()):
+            key = next(k for k, f in futures.items() if f is job)
+            try:
+                job.result()
+            except TrainingInterrupted:
+                raise
+            except Exception as err:
+                failures.append(f"{'/'.join(map(str, key))}: {err}")
+                log.error("run %s failed: %s", key, err)
+            gather()
+    except (KeyboardInterrupt, TrainingInterrupted):
+        cancelled = sum(f.cancel() for f in futures.values())
+        log.warning("sweep stopped: %d queued run(s) not started; run the same command again to go on", cancelled)
+        raise
+    return failures
+
+
 def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress: bool = False) -> Path:
     """Run every missing run of the grid; write ``<out>/results.csv``; return its path."""
     started, out = time.time(), Path(out)
@@ -268,16 +292,8 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
             job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path, adapters[(*key[:3], todo[key].adapter)])
             job.add_done_callback(lambda _: bar.update())
             futures[key] = job
-        failures = []
         _gather(cfgs, teacher_rows, out)  # results.csv grows as runs finish: `dho report` works mid-sweep
-        for job in as_completed(futures.values()):
-            key = next(k for k, f in futures.items() if f is job)
-            try:
-                job.result()
-            except Exception as err:  # one failed run does not lose the others
-                failures.append(f"{'/'.join(map(str, key))}: {err}")
-                log.error("run %s failed: %s", key, err)
-            _gather(cfgs, teacher_rows, out)
+        failures = _await(futures, lambda: _gather(cfgs, teacher_rows, out))
     bar.close()
     _gather(cfgs, teacher_rows, out)
     log.info("sweep done in %.0f s: %s", time.time() - started, out / "results.csv")
