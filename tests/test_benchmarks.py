@@ -403,3 +403,28 @@ def test_the_config_names_every_benchmark_reader():
     from dho.data.benchmarks import DATASETS
 
     assert set(DATASET_NAMES) == set(DATASETS)
+
+
+@pytest.mark.parametrize("row", ["../../outside.png", "/etc/hostname", "banded/../../../x.png"])
+def test_split_lists_cannot_name_files_outside_their_image_folder(tmp_path, row):
+    root = write_coop_tree(tmp_path)
+    path = root / "dtd" / "split_zhou_DescribableTextures.json"
+    split = json.loads(path.read_text())
+    split["train"][3][0] = row
+    path.write_text(json.dumps(split))
+    with pytest.raises(ValueError, match=r"train row 3 \(.*\) points outside the image folder"):
+        read_coop(root, "dtd")
+
+
+def test_a_pipe_or_a_device_in_a_list_is_a_bad_image_not_a_hang(tmp_path):
+    import os
+
+    from dho.data.decode import BadImage, inspect_file, open_rgb
+
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    for name in ("fifo.png", "zero.png"):
+        with pytest.raises(BadImage, match="not a regular file") as info:
+            open_rgb(tmp_path / name)
+        assert info.value.kind == "not_a_file"
+    assert inspect_file(str(tmp_path / "zero.png"))["kind"] == "not_a_file"  # the audit: the pipe times out (test_audit)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .folders import list_classes, scan_folder
 from .manifest import SplitInfo
@@ -108,6 +108,9 @@ def read_coop(root: Path, dataset: str, split_file: str | None = None) -> Pools:
         splits = {key: [(str(p), int(y), str(c)) for p, y, c in data[key]] for key in ("train", "val", "test")}
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a CoOp split file ({type(err).__name__}: {err})") from None
+    for key, rows in splits.items():
+        for n, (rel, _, _) in enumerate(rows):
+            _check_inside(rel, f"{path}: {key} row {n}")
     names: dict[int, str] = {}
     for rows in splits.values():
         for _, label, name in rows:
@@ -196,6 +199,13 @@ def read_imagenet(root: Path, classnames_file: str | None = None) -> Pools:
         raise FileNotFoundError(f"no val/ folder (the test split) under {str(image_root)!r}")
     return Pools(image_root, classes, items("train"), [], test,
                  info={"source": str(image_root), "format": "imagenet", "dataset": "imagenet", "wnids": wnids})
+
+
+def _check_inside(rel: str, where: str) -> None:
+    """A split list names files under its image folder: no absolute path, no ``..``."""
+    parts = PurePosixPath(rel.replace("\\", "/")).parts
+    if rel.startswith(("/", "\\")) or (parts and (":" in parts[0] or parts[0][:1] == "~")) or ".." in parts:
+        raise ValueError(f"{where} ({rel!r}) points outside the image folder: a split list names files under it")
 
 
 def _check_present(pools: Pools, sample: int = 20) -> None:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -132,8 +134,11 @@ def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[st
 
 
 def open_rgb(path: str | Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """:func:`decode_bytes` of a file; an unreadable file is a BadImage too."""
+    """:func:`decode_bytes` of a file; an unreadable file, or one that is not a regular file (a
+    pipe, a device, a link to one: reading it could block or never end), is a BadImage too."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadImage("not_a_file", f"{path}: not a regular file (a pipe, a device or a link to one)")
         data = Path(path).read_bytes()
     except OSError as err:
         raise BadImage("unreadable", f"{path}: cannot read ({err.strerror or err})") from None
@@ -144,7 +149,10 @@ def inspect_file(path: str) -> dict:
     """One file's report: ok, the reason when bad, notes, size, mode and content hash."""
     record: dict = {"path": path}
     try:
-        data = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):  # /dev/zero would be read forever;
+            return {**record, "ok": False, "kind": "not_a_file", "error": "not a regular file (a device or a link to one)"}
+        data = Path(path).read_bytes()  # a pipe blocks here: the audit's time limit reports it
     except OSError as err:
         return {**record, "ok": False, "kind": "unreadable", "error": f"cannot read ({err.strerror or err})"}
     record["hash"] = content_digest(data)
