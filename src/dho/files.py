@@ -19,17 +19,18 @@ e.g. a class instance or an ``os.system`` reduce, is refused).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["MARKER", "DamagedCheckpoint", "cache_dir", "file_digest", "load_torch_file", "numpy_float64_globals", "read_marker",
-           "write_dir_atomic", "write_file_atomic", "write_text_atomic"]
+           "write_csv_atomic", "write_dir_atomic", "write_file_atomic", "write_text_atomic"]
 
 MARKER = "COMPLETE"
 Writer = Callable[[Path], Any]  # writes one file at the path it is given
@@ -85,6 +86,16 @@ def write_file_atomic(path: str | Path, write: Writer) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`write_file_atomic`)."""
     return write_file_atomic(path, lambda p: p.write_text(text))
+
+
+def write_csv_atomic(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """A CSV table (a header, then one line per row dict) written atomically."""
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(fieldnames))
+            writer.writeheader()
+            writer.writerows(rows)
+    return write_file_atomic(path, write)
 
 
 def write_dir_atomic(parent: str | Path, name: str, writers: dict[str, Writer], marker: dict | None = None,

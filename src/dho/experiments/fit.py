@@ -18,8 +18,6 @@ images' own size), ``FitSettings.steps`` steps, ``FitSettings.views`` views of e
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import statistics
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..files import write_text_atomic
+from ..files import write_csv_atomic, write_text_atomic
 
 __all__ = ["FitResult", "FitSettings", "fit", "input_size_for"]
 
@@ -143,14 +141,14 @@ def _train_all(base: RunConfig, out: Path, zero_shot_val: float, progress: bool)
     return results
 
 
-def _per_class(checkpoint: Path, test: str | None, out: Path) -> tuple[float, dict[str, str]]:
-    """Accuracy per class and the confusion matrix of the mixed prediction (test images, else validation)."""
+def _per_class(scored: tuple[Any, Any, Any], where: str, out: Path) -> tuple[float, dict[str, str]]:
+    """Accuracy per class and the confusion matrix of the mixed prediction, from a checkpoint's
+    (logits, metadata, student) on the test images or the validation ones (``where``)."""
     import torch
 
     from ..mixing import mix_probs
-    from ..ship.scoring import checkpoint_logits
 
-    logits, meta, student = checkpoint_logits(checkpoint, "val", test)
+    logits, meta, student = scored
     assert logits.ce is not None and logits.kd is not None
     probs = mix_probs(logits.ce, logits.kd, student.alpha, student.beta) if student.kd_head is not None else logits.ce
     pred, classes = probs.argmax(-1), list(meta["classes"])
@@ -158,12 +156,8 @@ def _per_class(checkpoint: Path, test: str | None, out: Path) -> tuple[float, di
     confusion = torch.bincount(logits.labels * n + pred, minlength=n * n).view(n, n)
     rows = [{"class": c, "images": int(confusion[i].sum()), "correct": int(confusion[i, i]),
              "accuracy": f"{float(confusion[i, i]) / max(1, int(confusion[i].sum())):.4f}"} for i, c in enumerate(classes)]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "per_class.csv", text.getvalue())
-    _plot_confusion(confusion.numpy(), classes, out / "confusion.png", "test" if test else "validation")
+    write_csv_atomic(out / "per_class.csv", list(rows[0]), rows)
+    _plot_confusion(confusion.numpy(), classes, out / "confusion.png", where)
     accuracy = float((pred == logits.labels).float().mean())
     return accuracy, {"per_class": str(out / "per_class.csv"), "confusion": str(out / "confusion.png")}
 
@@ -233,16 +227,17 @@ def fit(labeled: str | Path, unlabeled: str | None = None, out: str | Path = "ru
     results = _train_all(base, out, float(zero["teacher"]), progress)
     chosen = max(results, key=lambda name: _val_accuracy(results[name]))
     checkpoint = out / chosen / "checkpoint"
-    test_scores: dict[str, float] = {}
-    if test:
-        from ..evaluate import score
-        from ..ship.scoring import checkpoint_logits
+    from ..evaluate import score
+    from ..ship.scoring import checkpoint_logits
 
-        for name in results:
-            logits, _, student = checkpoint_logits(out / name / "checkpoint", "test", test)
-            scored = score(logits, student.alpha, student.beta)
-            test_scores[name] = float(scored.get("mixed", scored.get("ce_head", 0.0)))
-    accuracy, files = _per_class(checkpoint, test, out)
+    test_scores: dict[str, float] = {}
+    shipped = None  # the chosen model's logits on the --test images, scored once
+    for name in results if test else ():
+        scored = checkpoint_logits(out / name / "checkpoint", "test", test)
+        scores = score(scored[0], scored[2].alpha, scored[2].beta)
+        test_scores[name] = float(scores.get("mixed", scores.get("ce_head", 0.0)))
+        shipped = scored if name == chosen else shipped
+    accuracy, files = _per_class(shipped or checkpoint_logits(checkpoint, "val"), "test" if test else "validation", out)
     exported = _export(checkpoint, out)
     if "card" in exported:
         _comparison(out, results, chosen, test_scores, Path(exported["card"]))

@@ -15,8 +15,6 @@ class, score, rank) and ``suggestions.png``, a contact sheet of the picks.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..files import write_text_atomic
+from ..files import write_csv_atomic
 
 __all__ = ["Suggestion", "disagreement_scores", "pick_balanced", "suggest"]
 
@@ -149,11 +147,9 @@ def suggest(run: str | Path, unlabeled: str | Path, n: int, out: str | Path, *, 
     classes = load_metadata(resolve_checkpoint(run))["classes"]
     picks = [Suggestion(str(paths[i]), classes[int(predicted[i])], float(scores[i])) for i in picked]
     out.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["rank", "path", "predicted", "score"])
-    writer.writerows([r, s.path, s.predicted, f"{s.score:.4f}"] for r, s in enumerate(picks, 1))
-    write_text_atomic(out / "suggestions.csv", text.getvalue())
+    write_csv_atomic(out / "suggestions.csv", ["rank", "path", "predicted", "score"],
+                     ({"rank": r, "path": s.path, "predicted": s.predicted, "score": f"{s.score:.4f}"}
+                      for r, s in enumerate(picks, 1)))
     _contact_sheet(picks, out / "suggestions.png")
     log.info("suggest: %d of %d pool images picked (%d classes predicted among them)", len(picks), len(paths),
              len({s.predicted for s in picks}))

@@ -20,7 +20,6 @@ teachers are fitted on them. ``<out>/results.csv`` gathers every run and the tea
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ from ..data.datasets import eval_key
 from ..data.manifest import SplitManifest
 from ..device import free_cores
 from ..evaluate import SplitLogits, score
-from ..files import write_file_atomic, write_text_atomic
+from ..files import write_csv_atomic, write_text_atomic
 from ..loop import RunResults, train
 from ..methods import METHODS
 from ..progress import progress as progress_bar
@@ -223,13 +222,7 @@ def _row(label: str, shots: int | float, seed: int, method: str, run_dir: str, r
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    write_file_atomic(path, write)
+    write_csv_atomic(path, RESULT_COLUMNS, ({k: ("" if v is None else v) for k, v in row.items()} for row in rows))
 
 
 def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -> None:

@@ -9,14 +9,13 @@ rows for the teacher's own test accuracy) and one run directory per student run 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..files import write_text_atomic
+from ..files import write_csv_atomic, write_text_atomic
 
 __all__ = [
     "HEAD_ROWS", "LABELS", "METHOD_ORDER", "conflict_records", "conflict_table", "load_results", "method_key",
@@ -185,12 +184,8 @@ def write_tables(rows: list[dict], out_dir: Path | str) -> dict[str, Path]:
     md = out_dir / "table.md"
     write_text_atomic(md, "\n".join(blocks))
     path = out_dir / "table.csv"
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["teacher", "method", "shots", "mean", "std", "n"], lineterminator="\n")
-    writer.writeheader()
-    for e in summary:
-        writer.writerow({**e, "mean": round(e["mean"], 4), "std": round(e["std"], 4)})
-    write_text_atomic(path, text.getvalue())
+    write_csv_atomic(path, ["teacher", "method", "shots", "mean", "std", "n"],
+                     ({**e, "mean": round(e["mean"], 4), "std": round(e["std"], 4)} for e in summary))
     log.info("wrote %s and %s", md, path)
     return {"table.md": md, "table.csv": path}
 
