@@ -428,3 +428,23 @@ def test_a_pipe_or_a_device_in_a_list_is_a_bad_image_not_a_hang(tmp_path):
             open_rgb(tmp_path / name)
         assert info.value.kind == "not_a_file"
     assert inspect_file(str(tmp_path / "zero.png"))["kind"] == "not_a_file"  # the audit: the pipe times out (test_audit)
+
+
+def test_skip_bad_leaves_out_a_benchmark_images_that_cannot_be_decoded(tmp_path):
+    """data.skip_bad works for every format: a CoOp list naming a truncated file and a FIFO trains without them."""
+    import os
+
+    from dho.data.benchmarks import DATASETS
+
+    root = write_coop_tree(tmp_path)
+    images = tmp_path / DATASETS["dtd"].folder / DATASETS["dtd"].images
+    (images / "banded" / "banded_train_00.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    fifo = images / "braided" / "braided_test_00.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    full = splits_for(coop(root))
+    kept = splits_for(coop(root, skip_bad=True))
+    assert sorted(b["path"] for b in kept.info["bad_files"]) == ["banded/banded_train_00.png", "braided/braided_test_00.png"]
+    everything = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in full.split(key)}
+    left = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in kept.split(key)}
+    assert everything - left == {"banded/banded_train_00.png", "braided/braided_test_00.png"}

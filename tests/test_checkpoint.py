@@ -57,6 +57,32 @@ def test_damaged_or_swapped_weights_are_refused(tmp_path):
     assert not list((tmp_path / "a").glob(".*"))  # no temporary files left
 
 
+def test_integrity_metadata_cannot_be_edited_away(tmp_path):
+    """No weights digest, or a timm argument that names a file: refused before anything is read."""
+    from dho.files import DamagedCheckpoint
+
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["x", "y"])
+    save_checkpoint(student, tmp_path / "a")
+    meta_path = tmp_path / "a" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "weights_sha256"}))
+    with pytest.raises(DamagedCheckpoint, match="has no weights_sha256"):
+        load_student(tmp_path / "a")
+    meta["architecture"]["timm_kwargs"] = {"checkpoint_path": str(tmp_path / "elsewhere.pth")}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"timm_kwargs \['checkpoint_path'\]: not architecture settings"):
+        load_student(tmp_path / "a")
+
+
+def test_a_later_save_removes_temp_files_a_killed_writer_left(tmp_path):
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["x", "y"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".tmpAb12Cd").write_bytes(b"\0" * 1000)  # safetensors' temp file, its writer killed
+    (tmp_path / "a" / "notes.txt").write_text("kept")
+    save_checkpoint(student, tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.json", "model.safetensors", "notes.txt"]
+
+
 def test_no_loader_executes_code():
     """Every torch.load asks for weights only; nothing evaluates YAML tags; nothing unpickles but
     the reader of CoOp's few-shot files, whose unpickler builds Dassl image records and nothing

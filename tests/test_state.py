@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import sigterm_at_step
+from dho.cli.app import main
 from dho.files import DamagedCheckpoint, read_marker, write_dir_atomic
 from dho.loop import train
 from dho.training.state import _join, _split, load_state
@@ -48,6 +50,13 @@ def test_directories_rotate_and_damage_is_detected(tmp_path):
     (tmp_path / "previous" / "COMPLETE").unlink()
     with pytest.raises(DamagedCheckpoint, match="no COMPLETE marker"):
         read_marker(tmp_path / "previous")
+    # a marker edited to list nothing (or not every file) does not vouch for the files
+    (tmp_path / "last" / "a.txt").write_text("three")
+    marker = json.loads((tmp_path / "last" / "COMPLETE").read_text())
+    for files, message in (({}, "lists no checksums"), ({"b.txt": "0" * 64}, "does not list a.txt")):
+        (tmp_path / "last" / "COMPLETE").write_text(json.dumps({**marker, "files": files}))
+        with pytest.raises(DamagedCheckpoint, match=message):
+            read_marker(tmp_path / "last")
 
 
 def test_a_failed_write_leaves_the_old_directory(tmp_path):
@@ -100,7 +109,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_cfg, tmp_p
 
     with caplog.at_level(logging.WARNING, logger="dho.training.state"):
         fallback = train(cfg.override({"out": str(damaged)}), resume=True)
-    assert "falling back" in caplog.text and "step 4" in caplog.text
+    assert "falling back to the previous state" in caplog.text and "step 4" in caplog.text
     _assert_same_weights(whole.student, fallback.student)
 
 
@@ -117,3 +126,41 @@ def test_resume_refuses_a_changed_config_and_a_finished_run(tiny_cfg, monkeypatc
     train(tiny_cfg.override({"threads": 1}), resume=True)  # where and how fast it runs may change
     with pytest.raises(FileNotFoundError, match="nothing to resume .*the run finished"):
         train(tiny_cfg, resume=True)
+
+
+def test_resume_refuses_an_image_whose_content_changed(tiny_cfg, synth_root, tmp_path, monkeypatch):
+    """Same paths and labels, one labeled image re-encoded: the resumed run is refused, naming the split."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    cfg = tiny_cfg.override({"data.root": str(root)})
+    sigterm_at_step(monkeypatch, 2)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    monkeypatch.undo()
+    labeled = json.loads((Path(cfg.out) / "splits.json").read_text())["labeled"][0][0]
+    image = Image.open(root / labeled)
+    image.rotate(90).save(root / labeled, compress_level=0)  # another picture, another size
+    with pytest.raises(ValueError, match=r"dataset changed since .*labeled: an image's content \(its size\) changed"):
+        train(cfg, resume=True)
+
+
+def test_resume_without_config_yaml_uses_the_config_saved_with_the_state(tiny_cfg, monkeypatch, caplog):
+    sigterm_at_step(monkeypatch, 2)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_cfg)
+    monkeypatch.undo()
+    (Path(tiny_cfg.out) / "config.yaml").unlink()
+    assert main(["train", "--resume", tiny_cfg.out]) == 0
+    assert (Path(tiny_cfg.out) / "results.json").is_file() and (Path(tiny_cfg.out) / "config.yaml").is_file()
+    assert "config.yaml is missing: resuming with the config saved in" in caplog.text
+
+
+def test_a_cut_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
+    from dho.training.rundir import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    with caplog.at_level(logging.WARNING, logger="dho.training.rundir"):
+        MetricsLog(path, keep_until=2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert "1 line(s) were not whole records" in caplog.text

@@ -44,12 +44,26 @@ def test_a_nan_term_stops_the_run_with_the_last_good_state(tiny_cfg, tmp_path, m
     assert model and all(torch.equal(model[k], v) for k, v in two.student.state_dict().items())
 
 
-def test_second_signal_stops_at_once():
+def test_second_signal_stops_at_once_with_its_own_exit_code(tiny_cfg, monkeypatch, capsys):
     with StopSignals() as stop:
         signal.raise_signal(signal.SIGINT)
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+    # `dho train` sent SIGTERM twice exits 143, as one SIGTERM would (not Ctrl-C's 130)
+    real = TRAIN.method_loss
+
+    def twice(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TRAIN, "method_loss", twice)
+    args = ["train", "--out", tiny_cfg.out, *(f"{k}={v}" for k, v in (
+        ("data.root", tiny_cfg.data.root), ("data.shots", 2), ("student.backbone", "resnet18"), ("student.image_size", 32),
+        ("student.pretrained", "false"), ("teacher.kind", "synthetic"), ("teacher.adapter", "none"), ("threads", 2)))]
+    assert main(args) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "dho: interrupted"
 
 
 def test_cli_reports_interrupts_and_nan_in_one_line(synth_root, tmp_path, monkeypatch, capsys):
@@ -76,3 +90,28 @@ def test_stop_errors_survive_a_process_pool(tmp_path):
                 TrainingInterrupted(signal.SIGTERM, 5, 6, tmp_path / "state" / "last", tmp_path)):
         back = pickle.loads(pickle.dumps(err))
         assert str(back) == str(err) and back.step == err.step
+
+
+@pytest.mark.parametrize("where", ["evaluation", "end save"])
+def test_a_signal_after_the_last_step_keeps_the_run_resumable(tiny_cfg, tmp_path, monkeypatch, where):
+    """checkpoint_every=0 saves at the end only; a SIGTERM in the final evaluation (or during that
+    save) stops the run with its end state, and --resume finishes it without training again."""
+    cfg = tiny_cfg.override({"checkpoint_every": 0})
+    whole = train(cfg.override({"out": str(tmp_path / "whole")}))
+    target = "own_size_logits" if where == "evaluation" else "_save_state"
+    real = getattr(TRAIN, target)
+
+    def signalled(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TRAIN, target, signalled)
+    with pytest.raises(TrainingInterrupted, match=r"after step 6 of 6; state saved") as info:
+        train(cfg)
+    assert info.value.step == 6 and load_state(tmp_path / "run" / "state").step == 6
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.setattr(TRAIN, target, real)
+    steps = []
+    monkeypatch.setattr(TRAIN, "method_loss", lambda *a, **k: steps.append(1))  # resuming at the end trains no step
+    resumed = train(cfg, resume=True)
+    assert not steps and resumed.results["test"] == whole.results["test"]

@@ -73,7 +73,8 @@ def test_predict_accepts_tensors_and_files(synth_root):
 def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip):
     from dho.backbones import student_text_embeddings
     from dho.checkpoint import load_student
-    from dho.loop import _student, train
+    from dho.loop import train
+    from dho.training.setup import method_student
 
     cfg = tiny_cfg.override({"student.backbone": tiny_clip, "student.kd_head": "cosine", "student.language_init": True,
                              "optim.epochs": 2})  # the synthetic teacher's 64-d embeddings do not fit the 16-d tower
@@ -89,7 +90,7 @@ def test_clip_image_tower_student_trains_with_language_init(tiny_cfg, tiny_clip)
     own = student_text_embeddings(cfg.student, classes, Prompts.templates)
     assert own.shape == (4, 16)
     torch.manual_seed(1)
-    built = _student(cfg, Prompts, classes, torch.device("cpu"))  # the heads start from the tower's own text embeddings
+    built = method_student(cfg, Prompts, classes, torch.device("cpu"))  # the heads start from the tower's own text embeddings
     torch.testing.assert_close(built.ce_head.weight, own)
     torch.testing.assert_close(built.kd_head.weight, own)
     result = train(cfg)

@@ -62,6 +62,15 @@ def test_sweep_file_errors_are_one_line(tmp_path, synth_root):
         load_sweep(bad)
     with pytest.raises(ConfigError, match="teacher_methods"):
         SweepConfig(teacher_methods={"nope": ("dho",)})
+    # each shape a hand-written file gets wrong is one line naming what it should be, never a traceback
+    for text, message in (("sweep: [1, 2]\nrun: {}\n", "each hold keys"),
+                          ("sweep: {bogus: 4}\nrun: {}\n", r"unknown sweep key\(s\) \['bogus'\]"),
+                          ("sweep: {teachers: [a]}\nrun: {}\n", "sweep.teachers maps a label")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(bad)
+    bad.write_text("sweep: {shots: 4, seeds: 2}\nrun: {}\n")
+    assert (load_sweep(bad)[0].shots, load_sweep(bad)[0].seeds) == ((4,), (2,))  # a single value is a list of one
 
 
 def test_teacher_cache_save_load_round_trip(tmp_path, tiny_cfg):

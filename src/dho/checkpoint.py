@@ -15,7 +15,7 @@ from typing import Any, TypedDict, cast
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import DamagedCheckpoint, file_digest, write_file_atomic
+from .files import DamagedCheckpoint, file_digest, remove_stale_temp, write_file_atomic
 from .students import DualHeadStudent, student_from_spec
 
 __all__ = ["FORMAT_VERSION", "CheckpointMeta", "load_metadata", "load_student", "resolve_checkpoint", "save_checkpoint",
@@ -98,6 +98,7 @@ def save_checkpoint(student: DualHeadStudent, directory: str | Path, **metadata:
     write_file_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "dho-student"}))
     meta["weights_sha256"] = file_digest(weights)
     write_file_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    remove_stale_temp(directory)  # left by a writer killed during an earlier save of this checkpoint
     return directory
 
 
@@ -121,7 +122,9 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> DualHe
     meta = load_metadata(path)
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {str(weights)!r}")
-    if "weights_sha256" in meta and file_digest(weights) != meta["weights_sha256"]:
+    if "weights_sha256" not in meta:
+        raise DamagedCheckpoint(f"{_paths(path)[1]} has no weights_sha256 (edited, or not written by dho)")
+    if file_digest(weights) != meta["weights_sha256"]:
         raise DamagedCheckpoint(f"{weights} does not match its metadata (damaged, or written by another run)")
     classes = meta["classes"]
     if len(set(classes)) != len(classes):

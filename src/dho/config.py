@@ -217,12 +217,9 @@ class DataConfig:
             raise ConfigError(f"data.format=fgvc reads FGVC-Aircraft; data.dataset={self.dataset!r} does not match")
         if self.format == "imagenet" and self.dataset not in (None, "imagenet"):
             raise ConfigError(f"data.format=imagenet reads ImageNet; data.dataset={self.dataset!r} does not match")
-        if self.format != "folder":
-            if self.skip_bad:
-                raise ConfigError("data.skip_bad works with data.format=folder only")
-            if self.small_classes == "drop" and (self.shot_draw == "coop" or self.fewshot_file):
-                raise ConfigError("data.small_classes=drop cannot change CoOp's draw (data.shot_draw=coop, "
-                                  "data.fewshot_file): use take_all or error")
+        if self.format != "folder" and self.small_classes == "drop" and (self.shot_draw == "coop" or self.fewshot_file):
+            raise ConfigError("data.small_classes=drop cannot change CoOp's draw (data.shot_draw=coop, "
+                              "data.fewshot_file): use take_all or error")
         if self.fewshot_file and (self.format == "folder" or self.shots is None):
             raise ConfigError("data.fewshot_file names CoOp's K-shot draw of a benchmark: it needs a benchmark "
                               "data.format and data.shots")

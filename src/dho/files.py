@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MARKER", "DamagedCheckpoint", "cache_dir", "file_digest", "load_torch_file", "numpy_float64_globals", "read_marker",
+           "remove_stale_temp",
            "write_csv_atomic", "write_dir_atomic", "write_file_atomic", "write_text_atomic"]
 
 MARKER = "COMPLETE"
@@ -81,6 +82,16 @@ def write_file_atomic(path: str | Path, write: Writer) -> Path:
         raise
     _fsync_path(path.parent)
     return path
+
+
+STALE_TEMP = re.compile(r"\.tmp[A-Za-z0-9_]{6,}")  # what a writer killed mid-file leaves (safetensors' temp files)
+
+
+def remove_stale_temp(directory: Path) -> None:
+    """Delete temp files a killed writer left in ``directory`` (the caller holds the directory's lock)."""
+    for p in directory.iterdir():
+        if STALE_TEMP.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -145,6 +156,12 @@ def read_marker(directory: str | Path) -> dict:
         raise DamagedCheckpoint(f"{directory} is incomplete (no {MARKER} marker)") from None
     except (ValueError, KeyError, TypeError):
         raise DamagedCheckpoint(f"{directory}/{MARKER} is unreadable") from None
+    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != MARKER and not p.name.startswith(".")}
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        raise DamagedCheckpoint(f"{directory}/{MARKER} lists no checksums (damaged or edited)")
+    if present - set(files):
+        raise DamagedCheckpoint(f"{directory}/{MARKER} does not list {', '.join(sorted(present - set(files)))} "
+                                "(damaged or edited)")
     for fname, expected in files.items():
         if not (directory / fname).is_file():
             raise DamagedCheckpoint(f"{directory}/{fname} is missing")

@@ -24,7 +24,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from .backbones import clip_student, student_text_embeddings
 from .checkpoint import save_checkpoint
 from .config import RunConfig
 from .data import EvalViews, ImageStore, SplitManifest
@@ -37,7 +36,7 @@ from .losses import method_loss
 from .methods import METHOD_SPECS
 from .mixing import write_grid_csv
 from .progress import progress as progress_bar
-from .students import DualHeadStudent, build_student
+from .students import DualHeadStudent
 from .teachers import Teacher, TeacherOutput, build_teacher, resolve_teacher
 from .teachers.cache import TeacherCache
 from .teachers.fewshot import FewShotTeacher, fit_fewshot_teacher
@@ -47,7 +46,7 @@ from .training.distributed import DistContext
 from .training.optim import build_optimizer, build_scheduler
 from .training.plan import steps_per_epoch, total_steps, training_view_size
 from .training.rundir import MetricsLog
-from .training.setup import Started, build_streams, choose_backward, load_splits, start_run, teacher_store
+from .training.setup import Started, build_streams, choose_backward, load_splits, method_student, start_run, teacher_store
 from .training.state import BestEpoch
 from .training.stopping import BufferGuard, NonFiniteLoss, StopSignals, TrainingInterrupted
 
@@ -116,7 +115,7 @@ def _train(cfg: RunConfig, run: Started, started: float, progress: bool, teacher
 
     # ---- teacher and student: zero-shot teacher, student, replayed outputs, few-shot teacher -----
     teacher = _zero_shot_teacher(cfg, teacher, manifest, run)
-    student = _student(cfg, teacher, manifest.classes, device)
+    student = method_student(cfg, teacher, manifest.classes, device)
     view_size = training_view_size(cfg, teacher.image_size)
     teacher_cache = teacher_store(cfg, teacher, teacher_cache)
     cache_counts = _counter(teacher_cache)
@@ -176,14 +175,14 @@ def _train(cfg: RunConfig, run: Started, started: float, progress: bool, teacher
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, done, steps, save(done, "signal"), run.dir.path)
             if _due(cfg.checkpoint_every, done) and done < steps:
                 save(done, "periodic")
-        if start < steps and steps >= cfg.checkpoint_every > 0:
-            save(steps, "end of training")  # should evaluation below fail, training need not run again
-    bar.close()
-
-    # ---- finish: the best epoch back, alpha/beta on validation, test scored once, checkpoint ------
-    results = RunResults(method=cfg.loss.method, steps=steps,
-                         **_finish(cfg, run, student, teacher, manifest, best, store, val_store, progress),
-                         wall_time_s=round(time.time() - started, 2), **_extras(run.ctx, student, cache_counts))
+        bar.close()
+        # ---- finish: the best epoch back, alpha/beta on validation, test scored once, checkpoint --
+        # the end state first: a signal or a failure during evaluation costs no training on --resume
+        halt = partial(_halt, run, stop, steps, save(steps, "end of training") if start < steps else run.dir.state_dir)
+        halt()
+        results = RunResults(method=cfg.loss.method, steps=steps,
+                             **_finish(cfg, run, student, teacher, manifest, best, store, val_store, progress, halt),
+                             wall_time_s=round(time.time() - started, 2), **_extras(run.ctx, student, cache_counts))
     run.dir.write_json("results.json", results)  # last: a finished run has one
     run.dir.finish()
     return RunResult(run.dir.path, results, student)
@@ -226,26 +225,6 @@ def _announce(cfg: RunConfig, run: Started, teacher: Teacher, steps: int, spe: i
     log.info("training %s: %d steps (%d per epoch), %s student%s, teacher %s, %s", cfg.loss.method, steps, spe,
              cfg.student.backbone, " (heads only)" if cfg.student.freeze_backbone else "", teacher.id,
              "bf16 autocast" if run.amp else "fp32")
-
-
-def _student(cfg: RunConfig, teacher: Teacher, classes: list[str], device: torch.device) -> DualHeadStudent:
-    """The method's student (one or two heads, a projector for feature KD), its heads initialised
-    from the teacher's class embeddings, on ``device`` as ``cfg`` lays it out."""
-    spec = METHOD_SPECS[cfg.loss.method]
-    embeddings = teacher.class_embeddings.cpu()
-    if cfg.student.language_init and not spec.projector and clip_student(cfg.student):
-        embeddings = student_text_embeddings(cfg.student, classes, teacher.templates)
-    student = build_student(cfg.student, classes, dual_head=spec.dual_head, class_embeddings=embeddings,
-                            projector_dim=embeddings.shape[1] if spec.projector else None,
-                            text_head=cfg.loss.method == "kd_feature").to(device)
-    if cfg.student.freeze_backbone:
-        student.freeze_backbone()
-    if cfg.channels_last:
-        student.to(memory_format=torch.channels_last)
-        student.preprocess.channels_last = True
-    if cfg.compile and not cfg.student.freeze_backbone:
-        student.backbone.compile()
-    return student
 
 
 def _teacher_fn(teacher: Teacher, cache: TeacherCache | None) -> TeacherFn:
@@ -350,11 +329,18 @@ def _validate(cfg: RunConfig, run: Started, views: EvalViews, student: DualHeadS
 
 
 # ---- finish -------------------------------------------------------------------------------------
+def _halt(run: Started, stop: StopSignals, steps: int, state: Path | None) -> None:
+    """Stop with :class:`TrainingInterrupted` when a signal came after the last step (the end state is saved)."""
+    if distributed.any_across(run.ctx, stop.signum is not None, run.device):
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, steps, steps, state, run.dir.path)
+
+
 def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Teacher, manifest: SplitManifest,
             best: BestEpoch, store: Callable[..., ImageStore], val_store: ImageStore | None,
-            progress: bool) -> RunResults:
+            progress: bool, halt: Callable[[], None]) -> RunResults:
     """Restore the best epoch, choose alpha/beta on validation, score the test split once (each
-    model at its own input size), write mixing_grid.csv and checkpoint/; what results.json records of it."""
+    model at its own input size), write mixing_grid.csv and checkpoint/; what results.json records of it.
+    ``halt()`` between the stages stops there on a signal."""
     if best.state is not None:
         student.load_state_dict(best.state)
         log.info("kept epoch %d (validation %.4f)", best.epoch, best.val)
@@ -362,10 +348,12 @@ def _finish(cfg: RunConfig, run: Started, student: DualHeadStudent, teacher: Tea
                "num_workers": cfg.data.num_workers, "collect": partial(_collect, run.ctx)}
     eval_teacher = teacher if cfg.eval.teacher else None
     val_logits = own_size_logits(val_store, student, eval_teacher, desc="validation", **eval_kw) if val_store else None
+    halt()
     mix = tune_mixing(cfg, student, val_logits)
     student.alpha, student.beta = mix.alpha, mix.beta
     test_store = store(manifest.test, "test") if manifest.test else None
     test_logits = own_size_logits(test_store, student, eval_teacher, desc="test", **eval_kw) if test_store else None
+    halt()
     test = score(test_logits, student.alpha, student.beta) if test_logits is not None else {}
     val = score(val_logits, student.alpha, student.beta) if val_logits else {}
     results = RunResults(epochs_kept=best.epoch or cfg.optim.epochs, **mix.as_dict(), test=test, val=val,

@@ -165,10 +165,19 @@ class StudentSpec:
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("cosine_bias", "unscaled")
         values.setdefault("projector_dim", None)
+        extra = set(values.get("timm_kwargs") or {}) - ARCHITECTURE_KWARGS
+        if extra:  # e.g. checkpoint_path or pretrained_cfg_overlay would make timm open a file it names
+            raise ValueError(f"architecture.timm_kwargs {sorted(extra)}: not architecture settings (allowed: "
+                             f"{', '.join(sorted(ARCHITECTURE_KWARGS))})")
         try:
             return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a student architecture record ({type(err).__name__}: {err})") from None
+
+
+# what a checkpoint's architecture.timm_kwargs may hold: shape settings that read no file
+ARCHITECTURE_KWARGS = frozenset({"bn_eps", "pad_type", "keep_dropout", "image_size", "quick_gelu", "drop_rate",
+                                 "drop_path_rate", "global_pool", "in_chans"})
 
 
 def build_student(cfg: StudentConfig, classnames: Sequence[str], *, dual_head: bool = True,

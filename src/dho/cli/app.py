@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"dho: {err}", file=sys.stderr)
         return 128 + err.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("dho: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)  # a second SIGTERM exits as a SIGTERM does
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError, FloatingPointError) as err:
         if args.traceback:
             raise

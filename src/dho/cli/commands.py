@@ -54,15 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..loop import train
     from ..training.rundir import next_free_run_dir
+    from ..training.setup import resume_config
 
     overrides = list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else [])
     if args.resume:  # the run's own resolved config; overrides may only change where and how fast it runs
         run = Path(args.resume)
         if args.config or (args.out and Path(args.out) != run):
             raise ConfigError("--resume continues a run with its own config.yaml: leave out --config and --out")
-        if not (run / "config.yaml").is_file():
-            raise FileNotFoundError(f"nothing to resume: {run / 'config.yaml'} does not exist")
-        cfg = load_config(run / "config.yaml", [*overrides, f"out={run}"])
+        cfg = resume_config(run, [*overrides, f"out={run}"])
     else:
         cfg = load_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
         if not args.exist_ok and not _names_out(args, overrides):  # the default directory: runs/dho, runs/dho2, ...
@@ -171,7 +170,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     cache = cache_teacher(cfg, args.out, dtype=args.dtype, topk=args.topk, workers=args.workers,
-                          eval_splits=not args.no_eval)
+                          eval_splits=not args.no_eval, progress=_progress())
     assert cache.store is not None  # the cache was saved to its store at args.out
     meta = cache.store.meta
     print(f"teacher {meta['teacher']}: {len(cache)} views ({meta['dtype']}, "

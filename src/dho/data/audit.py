@@ -25,6 +25,7 @@ from typing import IO, Any
 from . import decode
 from .folders import list_classes
 from .images import IMAGE_EXTENSIONS
+from .manifest import SPLITS, SplitManifest
 
 __all__ = ["AuditReport", "audit_folder", "bad_files", "inspect_files"]
 
@@ -224,3 +225,16 @@ def bad_files(root: str | Path, timeout: float = 30.0) -> list[dict]:
     if key not in _BAD:
         _BAD[key] = [{"path": f["path"], "kind": f["kind"], "error": f["error"]} for f in audit_folder(root, timeout).bad]
     return _BAD[key]
+
+
+def bad_in_manifest(manifest: SplitManifest, timeout: float = 30.0) -> list[dict]:
+    """[{path, kind, error}] of a benchmark split's images that cannot be decoded (every file its
+    split lists, each checked as `dho data check` checks a folder's)."""
+    rels = sorted({rel for key in SPLITS for rel, _ in manifest.split(key)})
+    paths = [str(manifest.path(rel)) for rel in rels]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    regular = [p for p in paths if Path(p).is_file()]
+    found = dict(zip(regular, inspect_files(regular, timeout, cores)))
+    missing = {"ok": False, "kind": "not_a_file", "error": "missing, or not a regular file (a link, a pipe or a device)"}
+    return [{"path": rel, "kind": r["kind"], "error": r["error"]}
+            for rel, path in zip(rels, paths) if not (r := found.get(path, missing))["ok"]]

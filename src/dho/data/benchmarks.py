@@ -213,5 +213,5 @@ def _check_present(pools: Pools, sample: int = 20) -> None:
     for key in ("train", "val", "test"):
         rows = getattr(pools, key)
         for rel, _ in rows[:: max(1, len(rows) // sample)]:
-            if not (pools.image_root / rel).is_file():
+            if not (pools.image_root / rel).exists():  # a pipe or a device is refused when read (BadImage)
                 raise FileNotFoundError(f"{key} image {rel!r} of {pools.info['source']} is not under {str(pools.image_root)!r}")

@@ -46,8 +46,9 @@ class ImageStore:
         try:
             return shrink(decode_image(self.manifest.path(rel)), self.max_side)
         except BadImage as err:
-            raise BadImage(err.kind, f"{err}; list every bad file with `dho data check {self.manifest.root}`, "
-                                     "or train with --skip-bad (data.skip_bad=true)") from None
+            folder = self.manifest.info.get("format", "folder") == "folder"  # `dho data check` reads folders
+            check = f"list every bad file with `dho data check {self.manifest.root}`, or " if folder else ""
+            raise BadImage(err.kind, f"{err}; {check}train with --skip-bad (data.skip_bad=true)") from None
 
     def __len__(self) -> int:
         return len(self.items)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -40,6 +42,7 @@ class SplitInfo(TypedDict, total=False):
     bad_files: list[dict[str, Any]]  # images left out (data.skip_bad)
     overlaps: int  # images found in two splits
     unlabeled_source: str  # data.unlabeled: where the unlabeled stream's other images came from
+    file_sizes: dict[str, str]  # per split, a digest of every image's path and size (a resumed run checks it)
 
 
 @dataclass
@@ -92,6 +95,21 @@ class SplitManifest:
             a, b = set(self.split(key)), set(other.split(key))
             if a != b:
                 out.append(f"{key}: {len(a - b)} images added, {len(b - a)} gone")
+        return out
+
+    def size_digests(self) -> dict[str, str]:
+        """Per split, a digest of each image's path and size in bytes (one ``stat`` a file, no read):
+        an image replaced by another, re-encoded or truncated changes it."""
+        out = {}
+        for key in SPLITS:
+            h = hashlib.sha256()
+            for rel, _ in self.split(key):
+                try:
+                    size = os.stat(self.path(rel)).st_size
+                except OSError:
+                    size = -1
+                h.update(f"{rel}\t{size}\n".encode())
+            out[key] = h.hexdigest()[:16]
         return out
 
     def summary(self) -> str:

@@ -103,7 +103,7 @@ def splits_for(data: DataConfig) -> SplitManifest:
     if not data.root:
         raise ConfigError("data.root is not set: name the dataset (a folder of class folders: data.root=DIR)")
     if data.format != "folder":
-        return benchmark_manifest(data)
+        return _without_bad(benchmark_manifest(data)) if data.skip_bad else benchmark_manifest(data)
     bad = []
     if data.skip_bad:
         from .audit import bad_files
@@ -120,6 +120,23 @@ def splits_for(data: DataConfig) -> SplitManifest:
     if bad:
         manifest.info["bad_files"] = bad
     return manifest
+
+
+def _without_bad(manifest: SplitManifest) -> SplitManifest:
+    """A benchmark's split without the images its lists name that cannot be decoded (data.skip_bad)."""
+    from .audit import bad_in_manifest
+
+    bad = bad_in_manifest(manifest)
+    if not bad:
+        return manifest
+    log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
+                len(bad), bad[0]["path"], bad[0]["error"])
+    gone = {b["path"] for b in bad}
+    def keep(key: str) -> list[Item]:
+        return [item for item in manifest.split(key) if item[0] not in gone]
+
+    return replace(manifest, labeled=keep("labeled"), unlabeled=keep("unlabeled"), val=keep("val"), test=keep("test"),
+                   info={**manifest.info, "bad_files": bad})
 
 
 def _with_unlabeled(manifest: SplitManifest, data: DataConfig) -> SplitManifest:

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ class SweepConfig:
         for m in (*self.methods, *(m for ms in self.teacher_methods.values() for m in ms)):
             if m not in METHODS:
                 raise ConfigError(f"sweep method {m!r} is unknown; known: {', '.join(METHODS)}")
+        if not isinstance(self.teachers, dict) or not all(isinstance(v, dict) for v in self.teachers.values()):
+            raise ConfigError("sweep.teachers maps a label to run-config overrides, e.g. "
+                              "{zero-shot: {teacher.adapter: none}, few-shot: {teacher.adapter: tip-f}}")
         unknown = set(self.teacher_methods) - set(self.teachers)
         if unknown:
             raise ConfigError(f"sweep.teacher_methods names teachers {sorted(unknown)} missing from sweep.teachers")
@@ -117,14 +120,19 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
     unknown = set(data) - {"sweep", "run"}
     if unknown or "sweep" not in data:
         raise ConfigError(f"{path}: a sweep file has a 'sweep:' section and a 'run:' section (found {sorted(data)})")
+    if not isinstance(data["sweep"], dict) or not isinstance(data.get("run") or {}, dict):
+        raise ConfigError(f"{path}: 'sweep:' and 'run:' each hold keys (e.g. sweep: {{methods: [ce, dho], shots: [1, 16]}})")
     grid = dict(data["sweep"])
     for key in ("methods", "shots", "seeds"):
         if key in grid:
-            grid[key] = tuple(grid[key])
+            grid[key] = tuple(grid[key]) if isinstance(grid[key], list) else (grid[key],)  # `shots: 4` = [4]
+    known = {f.name for f in fields(SweepConfig)}
+    if set(grid) - known:
+        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(set(grid) - known)}; known: {', '.join(sorted(known))}")
     grid["teacher_methods"] = {k: tuple(v) for k, v in (grid.get("teacher_methods") or {}).items()}
     try:
         sweep = SweepConfig(**grid)
-    except TypeError as err:
+    except (TypeError, AttributeError) as err:
         raise ConfigError(f"{path}: {err}") from None
     return sweep, RunConfig.from_dict(data.get("run") or {}).override(list(overrides))
 
@@ -271,11 +279,10 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
     log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
     workers = sweep.workers or free_cores()
     cache_path = store_path(out, base)
-    bar = progress_bar(total=len(todo) + workers, desc="sweep", enabled=progress)
     with executor(workers) as pool:
         # 1. the base teacher's outputs for every view any run (or the report) needs
-        cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, on_done=lambda: bar.update(0))
-        bar.update(workers)
+        cache = fill_teacher_cache(list(cfgs.values()), cache_path, pool, workers, progress=progress)
+        bar = progress_bar(total=len(todo), desc="sweep", enabled=progress)
         # 2. few-shot teachers, fitted here on the cached outputs; the teachers' test accuracy
         adapters, teacher_rows = _fit_teachers(cfgs, cache)
         # 3. the runs, longest first, in worker processes of one thread each

@@ -112,7 +112,8 @@ class TeacherStore:
         name = f"{len(self.meta['shards']):05d}"
         for kind, array in arrays.items():
             write_file_atomic(self.path / f"{kind}-{name}.npy", partial(_save_npy, array=array))
-        (self.path / f"keys-{name}.txt").write_text("\n".join(keys[j] for j in fresh))
+        text = "\n".join(keys[j] for j in fresh)
+        write_file_atomic(self.path / f"keys-{name}.txt", lambda p: p.write_text(text))  # meta.json names the shard last
         meta = {**self.meta, "shards": [*self.meta["shards"], {"name": name, "rows": len(fresh)}]}
         _atomic_json(self.path / "meta.json", meta)
         self.meta = meta

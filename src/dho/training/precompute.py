@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
 from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +26,7 @@ from ..data.manifest import SplitManifest
 from ..data.splits import splits_for
 from ..device import free_cores, precision_name, resolve_precision
 from ..methods import METHOD_SPECS
+from ..progress import progress as progress_bar
 from ..teachers import Teacher, TeacherOutput, build_teacher, resolve_teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.fewshot import ADAPTER_SEED_OFFSET, adapter_view_indices
@@ -127,9 +128,11 @@ def store_path(out: Path, cfg: RunConfig) -> Path:
     return out / "teacher_cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+SHARD_OUTPUTS = 2048  # teacher outputs per worker job: progress every few minutes at most, each job's set-up amortised
+
+
 def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, workers: int, *, dtype: str = "float32",
-                       topk: int | None = None, eval_splits: bool = True,
-                       on_done: Callable[[], None] = lambda: None) -> TeacherCache:
+                       topk: int | None = None, eval_splits: bool = True, progress: bool = False) -> TeacherCache:
     """Compute the base teacher's outputs for every view ``cfgs`` need that the store at ``path``
     lacks, append them there, and return the cache over it."""
     base = base_teacher_config(cfgs[0])
@@ -140,20 +143,23 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, worker
         raise ValueError(f"{path} holds views of another setup: {cache.store.meta['info']}")
     missing = [r for key, r in teacher_requests(cfgs, teacher, eval_splits).items() if key not in cache]
     log.info("teacher store %s: %d outputs stored, %d to compute", path, len(cache), len(missing))
-    futures = [pool.submit(teacher_job, base, shard) for shard in shards(missing, workers) if shard]
-    for future in futures:
-        future.add_done_callback(lambda _: on_done())
-    for future in futures:
+    jobs = workers * max(1, math.ceil(len(missing) / (SHARD_OUTPUTS * workers)))
+    futures = [pool.submit(teacher_job, base, shard) for shard in shards(missing, jobs) if shard]
+    bar = progress_bar(total=len(missing), desc="teacher store", enabled=progress and bool(missing))
+    for future in futures:  # in order: the store's order does not depend on timing
         keys, feats, logits = future.result()
         cache.update(keys, TeacherOutput(feats, logits))
+        bar.update(len(keys))
+    bar.close()
     cache.save(path, dtype=dtype, topk=topk, info=info)
     return cache
 
 
 def cache_teacher(cfg: RunConfig, out: str | Path, *, dtype: str = "float16", topk: int | None = None,
-                  workers: int | None = None, eval_splits: bool = True) -> TeacherCache:
+                  workers: int | None = None, eval_splits: bool = True, progress: bool = False) -> TeacherCache:
     """``dho cache-teacher``: the store of every teacher output one training run of ``cfg`` draws."""
     cfg = resolve_teacher(cfg)
     workers = workers or free_cores()
     with executor(workers) as pool:
-        return fill_teacher_cache([cfg], Path(out), pool, workers, dtype=dtype, topk=topk, eval_splits=eval_splits)
+        return fill_teacher_cache([cfg], Path(out), pool, workers, dtype=dtype, topk=topk, eval_splits=eval_splits,
+                                  progress=progress)

@@ -10,6 +10,7 @@ but the appended metrics.jsonl is written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -27,6 +28,8 @@ except ImportError:  # pragma: no cover - not POSIX: runs are not locked
 
 __all__ = ["MetricsLog", "RunDir", "next_free_run_dir"]
 
+log = logging.getLogger(__name__)
+
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (nothing when not ``enabled``).
@@ -43,14 +46,16 @@ class MetricsLog:
             return
         if tensorboard is not None:
             self._board = _board_writer(tensorboard, keep_until)
-        kept = []
+        kept, cut = [], 0
         if keep_until is not None and path.is_file():
             for line in path.read_text().splitlines():
                 try:
                     if json.loads(line)["step"] <= keep_until:
                         kept.append(line + "\n")
                 except (ValueError, KeyError, TypeError):  # a line cut short by the interruption
-                    continue
+                    cut += 1
+        if cut:
+            log.warning("%s: %d line(s) were not whole records (cut short by the interruption); dropped", path, cut)
         write_text_atomic(path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -7,22 +7,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..config import RunConfig
+from ..backbones import clip_student, student_text_embeddings
+from ..config import RunConfig, load_config
 from ..data import ImageStore, SplitManifest, TrainViews
 from ..data.datasets import kept_bytes
 from ..data.duplicates import check_overlaps
 from ..data.splits import splits_for
 from ..device import free_cores, precision_name, resolve_precision, seed_everything
 from ..gradients import pcgrad_backward
-from ..methods import MethodSpec
-from ..students import DualHeadStudent
+from ..methods import METHOD_SPECS, MethodSpec
+from ..students import DualHeadStudent, build_student
 from ..teachers import Teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.fewshot import FewShotTeacher
@@ -33,7 +34,8 @@ from .plan import planned_views, training_view_size
 from .rundir import RunDir
 from .state import TrainState, load_state
 
-__all__ = ["Backward", "Started", "build_streams", "choose_backward", "load_splits", "start_run", "teacher_store"]
+__all__ = ["Backward", "Started", "build_streams", "choose_backward", "load_splits", "method_student", "resume_config", "start_run",
+           "teacher_store"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,17 @@ def _start(cfg: RunConfig, run: RunDir, ctx: DistContext, device: torch.device, 
     return Started(ctx, device, amp, run, resumed)
 
 
+def resume_config(run_dir: Path, overrides: Sequence[str]) -> RunConfig:
+    """The config a run continues with: its config.yaml, else the one saved with its training state."""
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml", list(overrides))
+    state = load_state(run_dir / "state")
+    if state is None:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no config.yaml and no training state")
+    log.warning("%s is missing: resuming with the config saved in %s", run_dir / "config.yaml", state.path)
+    return RunConfig.from_dict(state.skeleton["config"]).override(list(overrides))
+
+
 def _resume_state(run_dir: Path, resume: bool) -> TrainState | None:
     if not resume:
         return None
@@ -99,16 +112,21 @@ def _resume_state(run_dir: Path, resume: bool) -> TrainState | None:
 
 def load_splits(cfg: RunConfig, run: Started) -> SplitManifest:
     """The run's split, checked for images in two splits; a resumed run must see exactly the split it
-    started with (its saved splits.json). Writes splits.json and, when images were left out, bad_files.json."""
+    started with (its saved splits.json: the same files, of the same sizes). Writes splits.json and,
+    when images were left out, bad_files.json."""
     manifest = splits_for(cfg.data)
+    sizes = manifest.size_digests()
     if run.resumed is not None:
-        changed = manifest.differences(SplitManifest.load(run.dir.path / "splits.json"))
+        saved = SplitManifest.load(run.dir.path / "splits.json")
+        changed = manifest.differences(saved) or [
+            f"{key}: an image's content (its size) changed" for key, digest in saved.info.get("file_sizes", sizes).items()
+            if sizes.get(key) != digest]
         if changed:
             raise ValueError(f"the dataset changed since {run.dir.path} started ({'; '.join(changed)}); "
                              "a resumed run needs the same files")
         run.resumed.check_classes(manifest.classes)
     check_overlaps(manifest, cfg.data.duplicates)
-    run.dir.write("splits.json", manifest.save)
+    run.dir.write("splits.json", replace(manifest, info={**manifest.info, "file_sizes": sizes}).save)
     if manifest.info.get("bad_files"):
         run.dir.write_json("bad_files.json", manifest.info["bad_files"])
     log.info("data: %s", manifest.summary())
@@ -203,3 +221,23 @@ def choose_backward(cfg: RunConfig, spec: MethodSpec, params: Sequence[Tensor], 
         distributed.average_gradients(ctx, params)
 
     return pcgrad
+
+
+def method_student(cfg: RunConfig, teacher: Teacher, classes: list[str], device: torch.device) -> DualHeadStudent:
+    """The method's student (one or two heads, a projector for feature KD), its heads initialised
+    from the teacher's class embeddings, on ``device`` as ``cfg`` lays it out."""
+    spec = METHOD_SPECS[cfg.loss.method]
+    embeddings = teacher.class_embeddings.cpu()
+    if cfg.student.language_init and not spec.projector and clip_student(cfg.student):
+        embeddings = student_text_embeddings(cfg.student, classes, teacher.templates)
+    student = build_student(cfg.student, classes, dual_head=spec.dual_head, class_embeddings=embeddings,
+                            projector_dim=embeddings.shape[1] if spec.projector else None,
+                            text_head=cfg.loss.method == "kd_feature").to(device)
+    if cfg.student.freeze_backbone:
+        student.freeze_backbone()
+    if cfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+        student.preprocess.channels_last = True
+    if cfg.compile and not cfg.student.freeze_backbone:
+        student.backbone.compile()
+    return student

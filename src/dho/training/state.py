@@ -218,7 +218,8 @@ def load_state(root: str | Path) -> TrainState | None:
         try:
             state = _read(root / name)
         except DamagedCheckpoint as err:
-            log.warning("%s; falling back to the previous checkpoint", err)
+            fallback = name == LAST and (root / PREVIOUS).exists()
+            log.warning("%s; %s", err, "falling back to the previous state" if fallback else "it cannot be used")
             problems.append(str(err))
             continue
         if problems:

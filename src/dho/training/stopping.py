@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BufferGuard", "NonFiniteLoss", "StopSignals", "TrainingInterrupted"]
+__all__ = ["BufferGuard", "NonFiniteLoss", "StopSignals", "StoppedAtOnce", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ class NonFiniteLoss(FloatingPointError):
         return type(self), self._args
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second stop signal: the process ends now, with that signal's exit code, saving nothing more."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
 class StopSignals:
     """Inside ``with StopSignals() as stop:`` SIGINT and SIGTERM set ``stop.signum`` instead of
     ending the process, so the loop can finish its step and save; a second signal raises
@@ -72,7 +80,7 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         self.signum = signum
         log.warning("%s: finishing this step, then saving the training state (send it again to stop at once)",
                     signal.Signals(signum).name)
