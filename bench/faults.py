@@ -1,13 +1,13 @@
 """Fault injection on `dho sweep`: kill -9 and SIGTERM at named moments, rerun, compare.
 
-A small sweep (synthetic folder data, synthetic teacher, ResNet-18 at 32 px; 2 methods x 2 seeds,
-each run long enough to be caught mid-step) runs once uninterrupted. Then, for each moment, a fresh
-sweep directory is started, the sweep's process group is sent the signal when its log first shows
-the moment's line, the same command is run again to the end, and the rerun's results.csv is
-compared with the uninterrupted one (every test score equal) and the process table is searched for
-workers left behind. Moments: while the teacher store is filled, in the middle of a run's training,
-right after a run's end-of-training state is saved (its final evaluation) and after the first run
-finished; signals go to the sweep process alone (`kill PID`), Ctrl-C's SIGINT to its process group.
+A small sweep (synthetic folder data, synthetic teacher, ResNet-18 at 32 px; 2 methods, 200 steps
+each, a state every 50) runs once uninterrupted. Then, for each moment, a fresh sweep directory is
+started and sent the signal as soon as the moment comes (read from its log or its run directories);
+the time until every worker of its session is gone is measured, the same command is run again to
+the end, and the rerun's results.csv is compared with the uninterrupted one (every test score
+equal). Moments: while the teacher store is filled, mid-training (after a periodic state), right
+after a run's end-of-training state is saved (its final evaluation) and after the first finished
+run; signals go to the sweep process alone (`kill PID`), Ctrl-C's SIGINT to its process group.
 
     python bench/faults.py [--out runs/faults]      # about 10 minutes on 2 cores
 """
@@ -16,24 +16,39 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dho.data.synthetic import make_synthetic_folder
 from timing import machine
 
-MOMENTS = [  # (name, signal, to the whole process group (Ctrl-C) or the sweep process only (kill PID), log marker)
-    ("filling the teacher store", signal.SIGKILL, False, "to compute"),
-    ("mid-training", signal.SIGKILL, False, "train dho: "),
-    ("final evaluation", signal.SIGKILL, False, "(end of training)"),
-    ("after the first finished run", signal.SIGKILL, False, "sweep: 1/"),
-    ("mid-training", signal.SIGTERM, False, "train dho: "),
-    ("final evaluation", signal.SIGTERM, False, "(end of training)"),
-    ("mid-training", signal.SIGINT, True, "train dho: "),
+
+def _saved(out: Path, reason: str) -> bool:
+    """A run of the sweep has saved a training state for ``reason`` (periodic, end of training)."""
+    for state in out.glob("*/*/*/*/state/last/state.json"):
+        try:
+            if json.loads(state.read_text()).get("reason") == reason:
+                return True
+        except (OSError, ValueError):  # being replaced right now
+            continue
+    return False
+
+
+MOMENTS: list[tuple[str, int, bool, Callable[[Path, Path], bool]]] = [
+    # (name, signal, to the process group (Ctrl-C) or the sweep process alone (kill PID), the moment's test)
+    ("filling the teacher store", signal.SIGKILL, False, lambda out, log: "to compute" in log.read_text()),
+    ("mid-training (after a periodic state)", signal.SIGKILL, False, lambda out, log: _saved(out, "periodic")),
+    ("final evaluation", signal.SIGKILL, False, lambda out, log: _saved(out, "end of training")),
+    ("after the first finished run", signal.SIGKILL, False, lambda out, log: any(out.glob("*/*/*/*/results.json"))),
+    ("mid-training (after a periodic state)", signal.SIGTERM, False, lambda out, log: _saved(out, "periodic")),
+    ("final evaluation", signal.SIGTERM, False, lambda out, log: _saved(out, "end of training")),
+    ("mid-training (after a periodic state)", signal.SIGINT, True, lambda out, log: _saved(out, "periodic")),
 ]
 
 
@@ -42,14 +57,14 @@ def sweep_file(root: Path, data: Path) -> Path:
     path.write_text(f"""sweep:
   methods: [ce_kd_logit, dho]
   shots: [4]
-  seeds: [0, 1]
+  seeds: [0]
   workers: 2
 run:
   teacher: {{kind: synthetic, adapter: none}}
   student: {{backbone: resnet18, image_size: 32, pretrained: false}}
   data: {{root: {data}, shots: 4}}
-  optim: {{epochs: 40, batch_size: 16, max_steps: 240}}
-  checkpoint_every: 60
+  optim: {{epochs: 200, batch_size: 16}}
+  checkpoint_every: 50
 """)
     return path
 
@@ -60,14 +75,14 @@ def sweep(config: Path, out: Path, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def interrupt(proc: subprocess.Popen, log: Path, marker: str, signum: int, group: bool,
-              limit: float = 600.0) -> tuple[float, int]:
-    """Send ``signum`` to the sweep (or its process group) when ``marker`` first appears in its log."""
+def interrupt(proc: subprocess.Popen, out: Path, log: Path, ready: Callable[[Path, Path], bool], signum: int,
+              group: bool, limit: float = 600.0) -> tuple[float, int]:
+    """Send ``signum`` to the sweep (or its process group) as soon as ``ready(out, log)``."""
     start = time.monotonic()
-    while marker not in log.read_text():
+    while not ready(out, log):
         if proc.poll() is not None or time.monotonic() - start > limit:
-            raise RuntimeError(f"the sweep ended before {marker!r} appeared in {log}")
-        time.sleep(0.05)
+            raise RuntimeError(f"the sweep ended before the moment came: {log}")
+        time.sleep(0.02)
     at = time.monotonic() - start
     (os.killpg if group else os.kill)(proc.pid, signum)
     return at, proc.wait()
@@ -75,8 +90,18 @@ def interrupt(proc: subprocess.Popen, log: Path, marker: str, signum: int, group
 
 def left_behind(session: int) -> list[str]:
     """Processes of the sweep's session (its workers) still running after it ended."""
-    ps = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    return [line.strip() for line in ps if int(line.split()[1]) == session]
+    ps = subprocess.run(["ps", "-eo", "pid,sid,stat,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    return [line.strip() for line in ps if int(line.split()[1]) == session and not line.split()[2].startswith("Z")]
+
+
+def gone_after(session: int, limit: float = 30.0) -> float | None:
+    """Seconds until no process of ``session`` is left (None: some still ran after ``limit``)."""
+    start = time.monotonic()
+    while left_behind(session):
+        if time.monotonic() - start > limit:
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - start
 
 
 def scores(out: Path) -> dict[tuple, str]:
@@ -97,19 +122,19 @@ def main() -> None:
     assert sweep(config, base, root / "whole.log").wait() == 0, f"the uninterrupted sweep failed: {root / 'whole.log'}"
     expected = scores(base)
     print(f"machine: {machine()}\nuninterrupted sweep: {len(expected)} runs in {time.monotonic() - started:.0f} s")
-    print("| moment | signal, to | sent after | exit | rerun exit | runs equal | processes left |")
+    print("| moment | signal, to | sent after | exit | workers gone after | rerun exit | results equal |")
     print("|---|---|---|---|---|---|---|")
-    for i, (name, signum, group, marker) in enumerate(MOMENTS):
+    for i, (name, signum, group, ready) in enumerate(MOMENTS):
         out, log = root / f"cut{i}", root / f"cut{i}.log"
         proc = sweep(config, out, log)
-        at, code = interrupt(proc, log, marker, signum, group)
-        time.sleep(2.0)  # workers notice a dead parent within a second
-        orphans = left_behind(proc.pid)
+        at, code = interrupt(proc, out, log, ready, signum, group)
+        gone = gone_after(proc.pid)
         rerun = sweep(config, out, log).wait()
         got = scores(out) if (out / "results.csv").is_file() else {}
         equal = sum(got.get(k) == v for k, v in expected.items())
         sent = f"{signal.Signals(signum).name}, {'group' if group else 'sweep'}"
-        print(f"| {name} | {sent} | {at:.1f} s | {code} | {rerun} | {equal}/{len(expected)} | {len(orphans)} |", flush=True)
+        after = f"{gone:.1f} s" if gone is not None else "still running after 30 s"
+        print(f"| {name} | {sent} | {at:.1f} s | {code} | {after} | {rerun} | {equal}/{len(expected)} |", flush=True)
 
 
 if __name__ == "__main__":

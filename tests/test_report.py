@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,26 @@ def test_conflict_table_averages_the_second_half(tmp_path):
     table = conflict_table([{**_row("ce_kd_logit", 4, 0, 0.4), "run_dir": run}])
     assert "| zero-shot | CE+KD (logit) | -0.50 |" in table
     assert conflict_table([_row("dho", 4, 0, 0.4)]) == ""
+
+
+def test_several_sweeps_are_reported_as_one_table(tmp_path):
+    """A grid and a second sweep with an extra method and a redone cell: one table, the later cell
+    wins, and the merged results.csv (run dirs relative to it) reports the same again."""
+    first = _fake_sweep(tmp_path / "first")
+    extra = tmp_path / "extra"
+    _write_run(extra / "zero-shot/16shot/seed0/sskd", "sskd", 0.50, dual=False)
+    _write_run(extra / "zero-shot/16shot/seed0/dho", "dho", 0.70, dual=True)
+    _write_csv(extra / "results.csv", [
+        {"teacher": "zero-shot", "shots": 16, "seed": 0, "method": m, "run_dir": f"zero-shot/16shot/seed0/{m}", "test": acc,
+         "test_ce_head": acc, "test_kd_head": "", "alpha": "", "beta": "", "wall_time_s": 1} for m, acc in (("sskd", 0.5), ("dho", 0.7))],
+        COLUMNS)
+    shutil.rmtree(first / "zero-shot/4shot/seed0/dho")  # a run directory no longer on disk: its plots are skipped
+    paths = write_report([first, extra], tmp_path / "out")
+    report = paths["report.md"].read_text()
+    assert "# Sweep report: first + extra" in report and "| SSKD |" in report
+    assert "| DHO | **47.5 ± 0.5** | **65.0 ± 5.0** |" in report and "| SSKD | – | 50.0 |" in report  # 0.70 (later) and 0.60
+    merged = load_results(tmp_path / "out")
+    assert len(merged) == 13
+    assert [r["run_dir"].resolve() for r in merged if r["method"] == "sskd"] == [extra / "zero-shot/16shot/seed0/sskd"]
+    again = write_report(tmp_path / "out", tmp_path / "again")
+    assert again["table.md"].read_text() == paths["table.md"].read_text()

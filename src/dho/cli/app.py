@@ -159,9 +159,9 @@ def _experiment_commands(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run config")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="tables (markdown, CSV) and plots of a sweep directory")
-    p.add_argument("sweep", help="a directory written by `dho sweep`")
-    p.add_argument("--out", help="where to write (default SWEEP/report)")
+    p = sub.add_parser("report", help="tables (markdown, CSV) and plots of a sweep directory (or several, as one table)")
+    p.add_argument("sweep", nargs="+", help="directories written by `dho sweep`; a cell found twice is taken from the later")
+    p.add_argument("--out", help="where to write (default SWEEP/report of the first)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("linear-eval", help="linear evaluation of a run's frozen student features on fully labeled data")

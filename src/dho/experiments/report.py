@@ -9,17 +9,19 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import write_text_atomic
+from ..files import write_csv_atomic, write_text_atomic
 from .tables import (
     LABELS,
     METHOD_ORDER,
+    RESULT_COLUMNS,
     conflict_records,
     conflict_table,
     load_results,
+    merge_results,
     method_key,
     read_json,
     shots_label,
@@ -243,10 +245,10 @@ def _run(rows: list[dict], **match: Any) -> dict | None:
 
 
 def _dho_rows(rows: list[dict]) -> list[dict]:
-    """Per teacher, the dho run of the largest shot count and first seed."""
+    """Per teacher, the dho run of the largest shot count and first seed (among those still on disk)."""
     out = []
     for teacher in teacher_labels(rows):
-        dho = [r for r in rows if r["teacher"] == teacher and r["method"] == "dho" and r["run_dir"]]
+        dho = [r for r in rows if r["teacher"] == teacher and r["method"] == "dho" and r["run_dir"] and r["run_dir"].is_dir()]
         if dho:
             shots = max(r["shots"] for r in dho)
             seed = min(r["seed"] for r in dho if r["shots"] == shots)
@@ -275,7 +277,7 @@ def _conflict_sets(rows: list[dict]) -> list[tuple[str, int | float, int, dict[s
     return out
 
 
-def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
+def _report_markdown(sources: list[Path], rows: list[dict], table: str,
                      sections: list[tuple[str, list[tuple[str, Path]]]], out_dir: Path) -> str:
     """report.md: a one-line overview, the accuracy tables, then one section of images per plot kind."""
     def link(p: Path) -> str:
@@ -283,7 +285,7 @@ def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
 
     seeds = sorted({r["seed"] for r in rows})
     shots = sorted({r["shots"] for r in rows})
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
+    lines = [f"# Sweep report: {' + '.join(d.name for d in sources)}", "",
              f"{sum(1 for r in rows if r['method'] != 'teacher')} student runs; teachers: {', '.join(teacher_labels(rows))}; "
              f"shots: {', '.join(shots_label(s) for s in shots)}; seeds: {', '.join(map(str, seeds))}.", "",
              "## Test accuracy (%)", "",
@@ -300,14 +302,23 @@ def _report_markdown(sweep_dir: Path, rows: list[dict], table: str,
     return "\n".join(lines) + "\n"
 
 
-def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None) -> dict[str, Path]:
+def write_report(sweep_dir: Path | str | Sequence[Path | str], out_dir: Path | str | None = None) -> dict[str, Path]:
     """Tables, plots and ``report.md`` for a sweep, written to ``out_dir`` (default
     ``<sweep_dir>/report``). Heat map and agreement use the dho runs of the largest shot count and
     first seed; conflict curves compare dho, ce_kd_logit and pcgrad at each shot count. Plots whose
-    inputs are missing are skipped with a warning. Returns ``{file name: path}`` of what was written."""
-    sweep_dir = Path(sweep_dir)
-    out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    rows = load_results(sweep_dir)
+    inputs are missing are skipped with a warning. Several sweep directories are one table
+    (:func:`merge_results`), whose ``results.csv`` is written to ``out_dir`` too. Returns
+    ``{file name: path}`` of what was written."""
+    sources = [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(d) for d in sweep_dir]
+    if not sources:
+        raise ValueError("dho report needs at least one sweep directory")
+    out_dir = Path(out_dir) if out_dir is not None else sources[0] / "report"
+    rows = merge_results(sources)
+    if len(sources) > 1:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(out_dir / "results.csv", RESULT_COLUMNS, ({
+            **{k: "" if r.get(k) is None else r[k] for k in RESULT_COLUMNS},
+            "run_dir": os.path.relpath(r["run_dir"], out_dir) if r["run_dir"] else ""} for r in rows))
     written = write_tables(rows, out_dir)
     plots: dict[str, list[tuple[str, Path | None]]] = {"Accuracy vs shots": [], "Mixing grid (validation accuracy)": [],
                                                        "Head agreement (test)": [], "Gradient conflict": []}
@@ -328,7 +339,7 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None) -> di
     sections = [(title, [(c, p) for c, p in images if p is not None]) for title, images in plots.items()]
     written.update({p.name: p for _, images in sections for _, p in images})
     report = out_dir / "report.md"
-    write_text_atomic(report, _report_markdown(sweep_dir, rows, written["table.md"].read_text(), sections, out_dir))
+    write_text_atomic(report, _report_markdown(sources, rows, written["table.md"].read_text(), sections, out_dir))
     written["report.md"] = report
     log.info("wrote %s (%d files)", report, len(written))
     return written

@@ -51,14 +51,11 @@ from ..training.pool import executor
 from ..training.precompute import base_teacher_config, cached_splits, fill_teacher_cache, store_path
 from ..training.state import config_changes, load_state
 from ..training.stopping import TrainingInterrupted
+from .tables import RESULT_COLUMNS
 
 __all__ = ["RESULT_COLUMNS", "SweepConfig", "load_sweep", "run_sweep"]
 
 log = logging.getLogger(__name__)
-
-RESULT_COLUMNS = ("teacher", "shots", "seed", "method", "run_dir", "test", "test_ce_head", "test_kd_head",
-                  "alpha", "beta", "wall_time_s")
-
 
 GridKey = tuple[str, int | float, int, str]  # (teacher label, shots or labeled fraction, seed, method)
 

@@ -12,18 +12,22 @@ import csv
 import json
 import logging
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..files import write_csv_atomic, write_text_atomic
 
 __all__ = [
-    "HEAD_ROWS", "LABELS", "METHOD_ORDER", "conflict_records", "conflict_table", "load_results", "method_key",
+    "HEAD_ROWS", "LABELS", "METHOD_ORDER", "RESULT_COLUMNS", "conflict_records", "conflict_table", "load_results",
+    "merge_results", "method_key",
     "read_json", "shots_label", "summary_table", "teacher_labels",
     "write_tables",
 ]
 
 log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("teacher", "shots", "seed", "method", "run_dir", "test", "test_ce_head", "test_kd_head",
+                  "alpha", "beta", "wall_time_s")  # a sweep's results.csv
 
 METHOD_ORDER = ("teacher", "ce", "kd_logit", "kd_feature", "ce_kd_logit", "ce_kd_feature", "sskd", "dhkd", "pcgrad", "dho",
                 "dho_ce_head", "dho_kd_head")
@@ -45,6 +49,19 @@ def _number(text: str) -> int | float:
 
 def _optional_float(text: str | None) -> float | None:
     return float(text) if text not in (None, "") else None
+
+
+def merge_results(sweep_dirs: Sequence[Path | str]) -> list[dict]:
+    """The rows of several sweeps (e.g. a grid and its extra cells, run apart) as one table: a
+    (teacher, shots, seed, method) found twice is taken from the later directory, with a note."""
+    merged: dict[tuple, dict] = {}
+    for sweep_dir in sweep_dirs:
+        for row in load_results(sweep_dir):
+            key = (row["teacher"], row["shots"], row["seed"], row["method"])
+            if key in merged and row["method"] != "teacher":
+                log.info("%s %s seed %s %s: taken from %s", *key[:3], key[3], sweep_dir)
+            merged[key] = row
+    return list(merged.values())
 
 
 def load_results(sweep_dir: Path | str) -> list[dict]:
