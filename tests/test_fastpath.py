@@ -76,6 +76,29 @@ def test_heads_only_training_keeps_the_backbone(tiny_cfg):
     assert result.results["selection"] == "validation grid"
 
 
+def test_heads_only_dho_skips_the_ce_head_on_unlabeled_rows_with_the_same_loss():
+    """DHO reads h_CE on the labeled rows only: computing it there alone gives the same loss and
+    gradients while the unlabeled rows (half the batch or more) skip that head."""
+    from dho.config import LossConfig, StudentConfig
+    from dho.losses import method_loss
+    from dho.students import build_student
+    from dho.teachers import TeacherOutput
+
+    torch.manual_seed(0)
+    student = build_student(StudentConfig(backbone="resnet18", pretrained=False, image_size=32), ["a", "b", "c"])
+    features, labels = torch.randn(12, student.spec.num_features), torch.tensor([0, 1, 2, 0])
+    teacher = TeacherOutput(torch.randn(12, 8), torch.randn(12, 3))
+    grads = []
+    for rows in (None, 4):
+        student.zero_grad()
+        out = student(features=features, ce_rows=rows)
+        assert out.ce_logits.shape[0] == (12 if rows is None else 4) and out.kd_logits.shape[0] == 12
+        losses = method_loss("dho", out, labels, teacher, 4, LossConfig())
+        losses["loss"].backward()
+        grads.append((losses["loss"].detach(), student.ce_head.weight.grad.clone(), student.kd_head.weight.grad.clone()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
 # Runs compared at each precision: fp32 on every CPU, bf16 autocast forced (emulated where the CPU
 # lacks bf16 units), so that a machine without them still runs what `precision: auto` may pick.
 # Tolerances: (teacher logits, student weights) where the two runs compute in other batch shapes.

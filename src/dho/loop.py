@@ -252,8 +252,8 @@ def _counter(cache: TeacherCache | None) -> Callable[[], dict[str, int]] | None:
 def _forward(cfg: RunConfig, model: torch.nn.Module, batch: Batch) -> HeadOutput:
     """The student on the batch: features into the heads (frozen backbone), else images, labeled
     and unlabeled rows in two passes (``student.stream_forward=separate``, BatchNorm) or one."""
-    if cfg.student.freeze_backbone:
-        return model(features=batch.inputs)
+    if cfg.student.freeze_backbone:  # DHO reads h_CE on the labeled rows only: the unlabeled ones skip it
+        return model(features=batch.inputs, ce_rows=batch.num_labeled if cfg.loss.method == "dho" else None)
     return model(batch.inputs, split=batch.num_labeled if cfg.student.stream_forward == "separate" else None)
 
 

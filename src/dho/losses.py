@@ -88,14 +88,16 @@ def dho_loss(
     """The DHO objective (METHOD.md 4) on a concatenated batch.
 
     ce_logits, kd_logits, teacher_logits: [B, C], labeled rows first (``num_labeled`` of them),
-    then unlabeled rows. labels: [num_labeled]. CE uses the labeled rows of ``ce_logits``; KD
+    then unlabeled rows (``ce_logits`` may hold the labeled rows only). labels: [num_labeled]. CE
+    uses the labeled rows of ``ce_logits``; KD
     uses every row of ``kd_logits``. ``kd_reduction="sum"`` (the authors' code) adds the
     batchmean KL of the labeled rows to that of the unlabeled rows; ``"mean"`` takes one
     batchmean over all rows. Both are scaled by T^2.
     """
     if labels.shape[0] != num_labeled:
         raise ValueError(f"labels has {labels.shape[0]} entries but num_labeled={num_labeled}")
-    if not ce_logits.shape == kd_logits.shape == teacher_logits.shape:
+    if kd_logits.shape != teacher_logits.shape or ce_logits.shape[1:] != kd_logits.shape[1:] \
+            or not num_labeled <= ce_logits.shape[0] <= kd_logits.shape[0]:  # h_CE may skip the unlabeled rows
         raise ValueError(f"logit shapes differ: {tuple(ce_logits.shape)}, {tuple(kd_logits.shape)}, {tuple(teacher_logits.shape)}")
     if kd_reduction not in ("sum", "mean"):
         raise ValueError(f"kd_reduction={kd_reduction!r}; choose 'sum' or 'mean'")

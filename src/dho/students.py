@@ -81,11 +81,13 @@ class DualHeadStudent(nn.Module):
         return self.kd_head is not None
 
     def forward(self, images: Tensor | None = None, *, features: Tensor | None = None,
-                split: int | None = None) -> HeadOutput:
+                split: int | None = None, ce_rows: int | None = None) -> HeadOutput:
         """uint8 or [0, 1] images [B, 3, H, W] -> features and both heads' logits; or, for a frozen
         backbone whose features [B, D] were computed before, ``features=`` -> the heads' logits.
         ``split``: rows [:split] and [split:] go through the backbone in two passes, so each has
-        its own BatchNorm batch statistics (the labeled and the unlabeled batch of a step)."""
+        its own BatchNorm batch statistics (the labeled and the unlabeled batch of a step).
+        ``ce_rows``: h_CE on the first rows only (a dual-head student whose loss reads h_CE on the
+        labeled rows alone: DHO's heads-only steps, where the heads are all the work)."""
         if (images is None) == (features is None):
             raise ValueError("pass images or features=, not both")
         if images is not None and split is not None and 0 < split < len(images):
@@ -96,7 +98,9 @@ class DualHeadStudent(nn.Module):
             assert features is not None  # exactly one of images and features is given (checked above)
             z = features
         projected = self.projector(z) if self.projector is not None else None
-        ce = self.ce_head(projected if isinstance(self.ce_head, TextHead) else z)
+        ce_in = projected if isinstance(self.ce_head, TextHead) else z
+        assert ce_in is not None  # a text head comes with its projector
+        ce = self.ce_head(ce_in if ce_rows is None or self.kd_head is None else ce_in[:ce_rows])
         return HeadOutput(z, ce, self.kd_head(z) if self.kd_head is not None else ce, projected)
 
     @torch.no_grad()
