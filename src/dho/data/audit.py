@@ -72,6 +72,11 @@ class _Worker:
                 pipe.close()
 
 
+def _cores() -> int:
+    """The cores this process may run on (dho.device.free_cores, without importing torch here)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def inspect_files(paths: list[str], timeout: float = 30.0, workers: int = 1) -> list[dict]:
     """:func:`dho.data.decode.inspect_file` of every path, in ``workers`` processes; a file that
     takes more than ``timeout`` seconds or kills its worker gets an ``ok: False`` record."""
@@ -189,8 +194,7 @@ def audit_folder(root: str | Path, timeout: float = 30.0, workers: int | None = 
             problems.append(f"{split}/ has class folders that {where} lacks: {', '.join(sorted(found - set(classes))[:5])}")
         entries += [(split, c, p) for c in classes for p in _images(folder / c)]
     regular = [str(p) for _, _, p in entries if p.is_file()]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    inspected = iter(inspect_files(regular, timeout, workers or cores))
+    inspected = iter(inspect_files(regular, timeout, workers or _cores()))
     files, counts = [], {split: dict.fromkeys(classes, 0) for split in layout}
     by_hash: dict[str, list[str]] = defaultdict(list)
     for split, c, p in entries:
@@ -232,9 +236,8 @@ def bad_in_manifest(manifest: SplitManifest, timeout: float = 30.0) -> list[dict
     split lists, each checked as `dho data check` checks a folder's)."""
     rels = sorted({rel for key in SPLITS for rel, _ in manifest.split(key)})
     paths = [str(manifest.path(rel)) for rel in rels]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     regular = [p for p in paths if Path(p).is_file()]
-    found = dict(zip(regular, inspect_files(regular, timeout, cores)))
+    found = dict(zip(regular, inspect_files(regular, timeout, _cores())))
     missing = {"ok": False, "kind": "not_a_file", "error": "missing, or not a regular file (a link, a pipe or a device)"}
     return [{"path": rel, "kind": r["kind"], "error": r["error"]}
             for rel, path in zip(rels, paths) if not (r := found.get(path, missing))["ok"]]

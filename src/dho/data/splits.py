@@ -109,9 +109,7 @@ def splits_for(data: DataConfig) -> SplitManifest:
         from .audit import bad_files
 
         bad = bad_files(data.root)
-        if bad:
-            log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
-                        len(bad), bad[0]["path"], bad[0]["error"])
+        _note_bad(bad)
     pools = folder_pools(data.root, data.split_seed, data.test_fraction, [b["path"] for b in bad])
     if data.unlabeled is None:
         manifest = protocol_manifest(pools, data)
@@ -122,6 +120,12 @@ def splits_for(data: DataConfig) -> SplitManifest:
     return manifest
 
 
+def _note_bad(bad: list[dict]) -> None:
+    if bad:
+        log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
+                    len(bad), bad[0]["path"], bad[0]["error"])
+
+
 def _without_bad(manifest: SplitManifest) -> SplitManifest:
     """A benchmark's split without the images its lists name that cannot be decoded (data.skip_bad)."""
     from .audit import bad_in_manifest
@@ -129,9 +133,9 @@ def _without_bad(manifest: SplitManifest) -> SplitManifest:
     bad = bad_in_manifest(manifest)
     if not bad:
         return manifest
-    log.warning("leaving out %d image(s) that cannot be decoded (data.skip_bad), e.g. %s: %s",
-                len(bad), bad[0]["path"], bad[0]["error"])
+    _note_bad(bad)
     gone = {b["path"] for b in bad}
+
     def keep(key: str) -> list[Item]:
         return [item for item in manifest.split(key) if item[0] not in gone]
 
