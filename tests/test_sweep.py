@@ -175,7 +175,11 @@ run:
     while not list(out.glob("**/results.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
+    stopped_at = time.time()
     _, err = proc.communicate(timeout=300)
-    finished = len(list(out.glob("**/results.json")))
     assert proc.returncode == 130, err[-2000:]
-    assert 1 <= finished <= 4, finished  # the first ones, and those running at the signal: not all 12
+    started = {p.parent: p.stat().st_mtime for p in out.glob("**/config.yaml") if p.parent != out}
+    late = [str(run) for run, when in started.items() if when > stopped_at + 1.0]
+    assert not late, late  # the runs a worker had taken off the queue before the signal did not start either
+    finished = len(list(out.glob("**/results.json")))
+    assert 1 <= finished <= len(started) <= 4, (finished, len(started))  # the first ones and those running: not 12

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
@@ -148,7 +149,12 @@ def _worker_cache(cfg: RunConfig, cache_path: Path) -> tuple[Teacher, TeacherCac
     return _WORKER_STATE["teacher"], _WORKER_STATE["cache"]
 
 
-def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None) -> RunResults:
+STOP_MARKER = ".stopped"  # in a sweep's directory while it is being stopped: no queued run starts
+
+
+def _run_job(cfg: RunConfig, cache_path: Path, adapter_state: dict | None, stop_marker: Path) -> RunResults:
+    if stop_marker.exists():  # handed to this worker before the stop, starting after it
+        raise TrainingInterrupted(signal.SIGINT, 0, 0, None, Path(cfg.out))
     teacher, cache = _worker_cache(cfg, cache_path)
     if adapter_state is not None:
         teacher = FewShotTeacher(teacher, TipAdapter.from_state(adapter_state))
@@ -240,10 +246,11 @@ def _gather(cfgs: dict[tuple, RunConfig], teacher_rows: list[dict], out: Path) -
     _write_rows(out / "results.csv", rows)
 
 
-def _await(futures: dict[tuple, Future], gather: Any) -> list[str]:
+def _await(futures: dict[tuple, Future], gather: Any, stop_marker: Path) -> list[str]:
     """Wait for the runs, gathering results as each ends; one failed run does not lose the others.
-    A stop (Ctrl-C in this process, or a run interrupted by its signal) cancels every queued run:
-    the runs in progress save their state and stop, nothing else starts."""
+    A stop (Ctrl-C in this process, or a run interrupted by its signal) cancels every queued run and
+    leaves ``stop_marker`` for the runs a worker has already taken off the queue: the runs in
+    progress save their state and stop, nothing else starts."""
     failures = []
     try:
         for job in as_completed(futures.values()):
@@ -257,6 +264,7 @@ def _await(futures: dict[tuple, Future], gather: Any) -> list[str]:
                 log.error("run %s failed: %s", key, err)
             gather()
     except (KeyboardInterrupt, TrainingInterrupted):
+        stop_marker.touch()
         cancelled = sum(f.cancel() for f in futures.values())
         log.warning("sweep stopped: %d queued run(s) not started; run the same command again to go on", cancelled)
         raise
@@ -272,6 +280,8 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
         "shots": list(sweep.shots), "seeds": list(sweep.seeds),
         "teacher_methods": {k: list(v) for k, v in sweep.teacher_methods.items()}}, "run": base.to_dict()}, sort_keys=False))
     cfgs = sweep.runs(base, out)
+    stop_marker = out / STOP_MARKER
+    stop_marker.unlink(missing_ok=True)  # a stop of an earlier invocation
     todo = {key: cfg for key, cfg in cfgs.items() if not _finished(cfg)}
     log.info("sweep: %d runs, %d already finished", len(cfgs), len(cfgs) - len(todo))
     workers = sweep.workers or free_cores()
@@ -286,11 +296,12 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, out: str | Path, *, progress:
         threads = 1 if workers > 1 else free_cores()
         futures: dict[tuple, Future] = {}
         for key in sorted(todo, key=lambda k: (-k[1], k)):
-            job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path, adapters[(*key[:3], todo[key].adapter)])
+            job = pool.submit(_run_job, todo[key].override({"threads": threads}), cache_path,
+                              adapters[(*key[:3], todo[key].adapter)], stop_marker)
             job.add_done_callback(lambda _: bar.update())
             futures[key] = job
         _gather(cfgs, teacher_rows, out)  # results.csv grows as runs finish: `dho report` works mid-sweep
-        failures = _await(futures, lambda: _gather(cfgs, teacher_rows, out))
+        failures = _await(futures, lambda: _gather(cfgs, teacher_rows, out), stop_marker)
     bar.close()
     _gather(cfgs, teacher_rows, out)
     log.info("sweep done in %.0f s: %s", time.time() - started, out / "results.csv")
