@@ -28,7 +28,7 @@ from typing import Any
 from ..config import RunConfig
 from ..files import write_csv_atomic, write_text_atomic
 
-__all__ = ["FitResult", "FitSettings", "fit", "input_size_for"]
+__all__ = ["FitResult", "FitSettings", "fit", "fit_config", "input_size_for"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def _check_data(labeled: Path, unlabeled: str | None, out: Path, workers: int) -
     return summary, spec, _student_size(sizes)
 
 
-def _base_config(labeled: Path, unlabeled: str | None, out: Path, size: int, skip_bad: bool, s: FitSettings) -> RunConfig:
+def fit_config(labeled: Path, unlabeled: str | None, out: Path, size: int, skip_bad: bool, s: FitSettings) -> RunConfig:
+    """The run config every model of ``dho fit`` starts from (method, teacher adapter and ``out``
+    are set per model)."""
     keys: dict[str, Any] = {
         "data.root": str(labeled), "data.shots": "all", "data.val_fraction": s.val_fraction, "data.num_views": s.views,
         "data.skip_bad": skip_bad, "data.unlabeled": unlabeled, "student.backbone": s.student, "student.pretrained": True,
@@ -216,7 +218,7 @@ def fit(labeled: str | Path, unlabeled: str | None = None, out: str | Path = "ru
     summary, spec, size = _check_data(labeled, unlabeled, out, workers or free_cores())
     log.info("fit: %d classes, %d labeled images (%d bad, left out), %s unlabeled; student at %d px", summary["classes"],
              summary["labeled"], summary["bad_labeled"], summary.get("unlabeled", "no"), size)
-    base = _base_config(labeled, spec, out, size, summary["bad_labeled"] > 0, settings)
+    base = fit_config(labeled, spec, out, size, summary["bad_labeled"] > 0, settings)
     zero = zeroshot_accuracy(base, "val", progress=progress)
     chance = 1.0 / summary["classes"]
     log.info("fit: the zero-shot teacher gets %.1f%% of the %d validation images (chance %.1f%%)",
