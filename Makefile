@@ -8,7 +8,7 @@ LINT_STAMP := $(VENV)/.lint-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 lint: $(LINT_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+# the wheels bench/gpu.sh installs on a GPU machine without network (carry bench/wheels with it)
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps -d bench/wheels "open_clip_torch==$$($(PY) -c 'import open_clip; print(open_clip.__version__)')" ftfy wcwidth
 
 clean:
 	rm -rf runs .pytest_cache

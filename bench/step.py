@@ -14,7 +14,7 @@
 Teachers are open_clip models with random weights (speed does not depend on the weights), except
 the CPU demo's imagenet-bridge teacher. Images: a synthetic ImageFolder at 256 px (PNG files).
 
-    python bench/step.py [--setups rn50 vit demo] [--batch N] [--rounds 3] [--threads 2]
+    python bench/step.py [--setups rn50 vit demo] [--batch N] [--rounds 3] [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ SETUPS = {
 
 def build(setup: str, root: str, batch: int, steps: int, device: torch.device, store_dir: Path):
     backbone, size, teacher_over, _ = SETUPS[setup]
-    cfg = RunConfig().override({**teacher_over, "data.root": root, "data.shots": 8, "data.num_views": 2,
-                                "data.view_size": size, "data.val_fraction": 0.0, "student.backbone": backbone,
-                                "student.image_size": size, "optim.batch_size": batch, "optim.epochs": steps,
+    # the zero-shot teacher (no adapter: its key views would only lengthen the store), random student weights
+    cfg = RunConfig().override({**teacher_over, "teacher.adapter": "none", "data.root": root, "data.shots": 8,
+                                "data.num_views": 2, "data.view_size": size, "data.val_fraction": 0.0,
+                                "student.backbone": backbone, "student.image_size": size,
+                                "student.pretrained": setup == "demo", "optim.batch_size": batch, "optim.epochs": steps,
                                 "optim.max_steps": steps, "loss.method": "dho"})
     manifest = splits_for(cfg.data)
     teacher = build_teacher(cfg.teacher, manifest.classes).to(device)
@@ -135,7 +137,7 @@ def authors_style(cfg, manifest, teacher, device):
     student = build_student(cfg.student, teacher.classnames).to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=1e-2)
     tfm = T.Compose([T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
-    s_norm = T.Normalize(student.spec["mean"], student.spec["std"])
+    s_norm = T.Normalize(list(student.spec.mean), list(student.spec.std))
     t_norm = T.Normalize(teacher.preprocess.mean.flatten().tolist(), teacher.preprocess.std.flatten().tolist())
     paths = {name: [manifest.path(p) for p, _ in manifest.split(name)] for name in ("labeled", "unlabeled")}
     labels_all = torch.tensor([y for _, y in manifest.labeled])
@@ -166,28 +168,38 @@ def authors_style(cfg, manifest, teacher, device):
     return step
 
 
-def run(setup: str, args, device: torch.device, root: str, store_dir: Path) -> None:
-    batch = args.batch or SETUPS[setup][3][0 if device.type == "cuda" else 1]
-    calls = args.calls
-    steps = (args.rounds + 1) * calls + 2
+def candidates(setup: str, batch: int, steps: int, device: torch.device, root: str, store_dir: Path):
+    """The five steps compared, built for ``steps`` calls each: (cfg, teacher, name -> step)."""
     cfg, manifest, teacher, views, cache, amp = build(setup, root, batch, steps, device, store_dir)
-    candidates = {
+    return cfg, teacher, amp, {
         "ours, online teacher": ours(cfg, teacher, views, device, amp),
         "ours, teacher from the store": ours(cfg, teacher, views, device, amp, cache),
         "floor: teacher fwd + bare student step": floor(cfg, teacher, device, amp),
         "bare student step": floor(cfg, teacher, device, amp, with_teacher=False),
         "authors'-style loop": authors_style(cfg, manifest, teacher, device),
     }
-    medians = side_by_side(candidates, rounds=args.rounds, calls=calls)
-    title = (f"{setup}: {cfg.student.backbone} @ {cfg.student.image_size} px, teacher {teacher.id} @ {teacher.image_size} px, "
-             f"batch {batch} + {batch}, {'bf16 autocast' if amp else 'fp32'}")
-    report(title, medians, {
-        "(1) ours online / floor  [<= 1.10]": ("ours, online teacher", "floor: teacher fwd + bare student step"),
-        "(2) authors'-style / ours online": ("authors'-style loop", "ours, online teacher"),
-        "(2) authors'-style / ours from store": ("authors'-style loop", "ours, teacher from the store"),
-        "(3) online / from store": ("ours, online teacher", "ours, teacher from the store"),
-        "(3) bare student / ours from store [>=0.9]": ("bare student step", "ours, teacher from the store"),
-    }, per=2 * batch)
+
+
+RATIOS = {
+    "(1) ours online / floor  [<= 1.10]": ("ours, online teacher", "floor: teacher fwd + bare student step"),
+    "(2) authors'-style / ours online": ("authors'-style loop", "ours, online teacher"),
+    "(2) authors'-style / ours from store": ("authors'-style loop", "ours, teacher from the store"),
+    "(3) online / from store": ("ours, online teacher", "ours, teacher from the store"),
+    "(3) bare student / ours from store [>=0.9]": ("bare student step", "ours, teacher from the store"),
+}
+
+
+def title(setup: str, cfg, teacher, batch: int, amp) -> str:
+    return (f"{setup}: {cfg.student.backbone} @ {cfg.student.image_size} px, teacher {teacher.id} @ {teacher.image_size} px, "
+            f"batch {batch} + {batch}, {'bf16 autocast' if amp else 'fp32'}")
+
+
+def run(setup: str, args, device: torch.device, root: str, store_dir: Path) -> None:
+    batch = args.batch or SETUPS[setup][3][0 if device.type == "cuda" else 1]
+    steps = (args.rounds + 1) * args.calls + 2
+    cfg, teacher, amp, steps_fns = candidates(setup, batch, steps, device, root, store_dir)
+    medians = side_by_side(steps_fns, rounds=args.rounds, calls=args.calls)
+    report(title(setup, cfg, teacher, batch, amp), medians, RATIOS, per=2 * batch)
 
 
 def main() -> None:
@@ -197,10 +209,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=2, help="steps per timed round")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     print(f"# DHO training step: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = str(make_synthetic_folder(Path(tmp) / "data", per_class={"train": 64, "test": 1}, size=256))
