@@ -20,6 +20,7 @@ import random
 import shutil
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from dho.data.shared import prepare_shared
@@ -67,13 +68,6 @@ def _fit_dho_f(labeled: Path, pool: str, run: Path, store: Path, test: Path, see
     return float(scores["mixed"])
 
 
-def _balance(images: list[Path]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for image in images:
-        counts[image.parent.name] = counts.get(image.parent.name, 0) + 1
-    return counts
-
-
 def run_seed(root: Path, test: Path, out: Path, seed: int, per_class: int, pool_size: int, n: int, steps: int) -> dict:
     rng = random.Random(seed)
     by_class = {c.name: sorted(c.iterdir()) for c in sorted((root / "train").iterdir())}
@@ -100,7 +94,7 @@ def run_seed(root: Path, test: Path, out: Path, seed: int, per_class: int, pool_
         acc = _fit_dho_f(_tree(here / "labeled", labeled + chosen),
                          _pool_file(here / f"{arm}-pool.txt", [p for p in pool if p not in taken]),
                          here / arm / "run", store, test, seed, steps)
-        counts = _balance(chosen)
+        counts = Counter(image.parent.name for image in chosen)
         row[arm] = acc
         row[f"{arm}_classes"] = {"present": len(counts), "min": min(counts.values()), "max": max(counts.values())}
         log.info("seed %d: + %d %s labels: %.2f%% on test (per class %d-%d)", seed, n, arm, 100 * acc,
