@@ -7,9 +7,10 @@ the time until every worker of its session is gone is measured, the same command
 the end, and the rerun's results.csv is compared with the uninterrupted one (every test score
 equal). Moments: while the teacher store is filled, mid-training (after a periodic state), right
 after a run's end-of-training state is saved (its final evaluation) and after the first finished
-run; signals go to the sweep process alone (`kill PID`), Ctrl-C's SIGINT to its process group.
+run, and a run's first steps before any state; SIGKILL and SIGTERM at each go to the sweep process
+alone (`kill PID`), Ctrl-C's SIGINT to its process group mid-training.
 
-    python bench/faults.py [--out runs/faults]      # about 10 minutes on 2 cores
+    python bench/faults.py [--out runs/faults]      # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -40,16 +41,24 @@ def _saved(out: Path, reason: str) -> bool:
     return False
 
 
-MOMENTS: list[tuple[str, int, bool, Callable[[Path, Path], bool]]] = [
-    # (name, signal, to the process group (Ctrl-C) or the sweep process alone (kill PID), the moment's test)
-    ("filling the teacher store", signal.SIGKILL, False, lambda out, log: "to compute" in log.read_text()),
-    ("mid-training (after a periodic state)", signal.SIGKILL, False, lambda out, log: _saved(out, "periodic")),
-    ("final evaluation", signal.SIGKILL, False, lambda out, log: _saved(out, "end of training")),
-    ("after the first finished run", signal.SIGKILL, False, lambda out, log: any(out.glob("*/*/*/*/results.json"))),
-    ("mid-training (after a periodic state)", signal.SIGTERM, False, lambda out, log: _saved(out, "periodic")),
-    ("final evaluation", signal.SIGTERM, False, lambda out, log: _saved(out, "end of training")),
-    ("mid-training (after a periodic state)", signal.SIGINT, True, lambda out, log: _saved(out, "periodic")),
+def _started(out: Path) -> bool:
+    """A run of the sweep has written its config (it is training) and saved no state yet."""
+    return any(out.glob("*/*/*/*/config.yaml")) and not any(out.glob("*/*/*/*/state/last"))
+
+
+# The five moments of a sweep: (name, its test on the sweep directory and log).
+PHASES: list[tuple[str, Callable[[Path, Path], bool]]] = [
+    ("filling the teacher store", lambda out, log: "to compute" in log.read_text()),
+    ("a run's first steps (no state yet)", lambda out, log: _started(out)),
+    ("mid-training (after a periodic state)", lambda out, log: _saved(out, "periodic")),
+    ("final evaluation", lambda out, log: _saved(out, "end of training")),
+    ("after the first finished run", lambda out, log: any(out.glob("*/*/*/*/results.json"))),
 ]
+# (name, signal, to the process group (Ctrl-C) or the sweep process alone (kill PID), the moment's test):
+# kill -9 and SIGTERM at each moment, Ctrl-C mid-training.
+MOMENTS: list[tuple[str, int, bool, Callable[[Path, Path], bool]]] = [
+    (name, signum, False, ready) for signum in (signal.SIGKILL, signal.SIGTERM) for name, ready in PHASES
+] + [(PHASES[2][0], signal.SIGINT, True, PHASES[2][1])]
 
 
 def sweep_file(root: Path, data: Path) -> Path:
@@ -112,6 +121,8 @@ def scores(out: Path) -> dict[tuple, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/faults")
+    parser.add_argument("--signals", nargs="+", choices=("SIGKILL", "SIGTERM", "SIGINT"),
+                        default=["SIGKILL", "SIGTERM", "SIGINT"], help="only the moments of these signals")
     args = parser.parse_args()
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -125,6 +136,8 @@ def main() -> None:
     print("| moment | signal, to | sent after | exit | workers gone after | rerun exit | results equal |")
     print("|---|---|---|---|---|---|---|")
     for i, (name, signum, group, ready) in enumerate(MOMENTS):
+        if signal.Signals(signum).name not in args.signals:
+            continue
         out, log = root / f"cut{i}", root / f"cut{i}.log"
         proc = sweep(config, out, log)
         at, code = interrupt(proc, out, log, ready, signum, group)

@@ -448,3 +448,25 @@ def test_skip_bad_leaves_out_a_benchmark_images_that_cannot_be_decoded(tmp_path)
     everything = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in full.split(key)}
     left = {p for key in ("labeled", "unlabeled", "val", "test") for p, _ in kept.split(key)}
     assert everything - left == {"banded/banded_train_00.png", "braided/braided_test_00.png"}
+
+
+def test_data_check_audits_every_file_a_benchmark_lists(tmp_path, capsys):
+    """`dho data check ROOT --format coop --dataset dtd`: each listed file decoded, the bad ones named."""
+    from dho.cli import main
+    from dho.data.benchmarks import DATASETS
+
+    root = write_coop_tree(tmp_path)
+    assert main(["data", "check", str(root), "--format", "coop", "--dataset", "dtd", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("clean")
+    images = tmp_path / DATASETS["dtd"].folder / DATASETS["dtd"].images
+    (images / "banded" / "banded_train_00.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    fifo = images / "braided" / "braided_test_00.png"
+    fifo.unlink()
+    __import__("os").mkfifo(fifo)  # never opened: a pipe would block the read
+    out = tmp_path / "check"
+    assert main(["data", "check", str(root), "--format", "coop", "--dataset", "dtd", "--workers", "1", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "bad: 2 (undecodable 1, not_a_file 1)" in printed and "banded/banded_train_00.png: not an image" in printed, printed
+    bad = {f["path"]: f["kind"] for f in json.loads((out / "data_check.json").read_text())["bad"]}
+    assert bad == {"banded/banded_train_00.png": "undecodable", "braided/braided_test_00.png": "not_a_file"}

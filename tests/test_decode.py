@@ -53,3 +53,46 @@ def test_sixteen_bit_values_are_scaled_and_exif_rotation_applied(tmp_path):
 def test_decode_bytes_of_nothing():
     with pytest.raises(BadImage, match="empty file"):
         decode_bytes(b"")
+
+
+def _noise_png(tmp_path, side=1500):
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_decode_past_the_time_limit_is_stopped_and_the_timer_given_back(tmp_path):
+    import signal
+
+    data = _noise_png(tmp_path).read_bytes()
+    with pytest.raises(BadImage, match="not decoded within 0.001 s") as err:
+        decode_bytes(data, "noise.png", limit=0.001)  # the timer stops Pillow mid-decode
+    assert err.value.kind == "timeout"
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert decode_bytes(data, limit=None)[0].shape == (1500, 1500, 3)
+
+
+def test_the_time_limit_holds_where_no_timer_can_be_set(tmp_path):
+    import threading
+
+    data, found = _noise_png(tmp_path, 600).read_bytes(), []
+
+    def decode():
+        try:
+            decode_bytes(data, limit=1e-9)
+        except BadImage as err:
+            found.append(err.kind)
+    thread = threading.Thread(target=decode)  # not the main thread: checked once the decode ends
+    thread.start()
+    thread.join()
+    assert found == ["timeout"]
+
+
+def test_training_reads_images_under_the_same_time_limit(tmp_path, monkeypatch):
+    import dho.data.decode as decode
+
+    path = _noise_png(tmp_path, 64)
+    clock = iter(range(0, 10_000, 100))  # every clock reading 100 s after the last
+    monkeypatch.setattr(decode, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(BadImage, match=f"noise.png: not decoded within {decode.DECODE_SECONDS:g} s"):
+        decode_image(path)

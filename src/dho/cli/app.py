@@ -81,9 +81,13 @@ def _run_commands(sub: Any) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = data_sub.add_parser("check", help="decode every image under a time limit; report bad and odd files, "
                             "empty classes, duplicates across splits (exit 1 unless clean)")
-    p.add_argument("root", help="an ImageFolder tree (train/, val/, test/ or class folders)")
+    p.add_argument("root", help="an ImageFolder tree (train/, val/, test/ or class folders), or a benchmark's "
+                   "root with --format")
+    p.add_argument("--format", choices=("folder", "coop", "fgvc", "imagenet"), default="folder",
+                   help="how the root lays out its splits, as data.format (default folder)")
+    p.add_argument("--dataset", help="the CoOp dataset with --format coop, as data.dataset (e.g. caltech101)")
     p.add_argument("--out", help="directory for data_check.json")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per file (default 30)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per file (default 30, as in training)")
     p.add_argument("--workers", type=_positive_int, help="decode processes (default: the free cores)")
     p.add_argument("--show", type=int, default=20, help="files listed per kind (default 20)")
     p.set_defaults(func=cmd_data_check)

@@ -136,9 +136,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from ..data.audit import audit_folder
+    from ..data.audit import audit_benchmark, audit_folder
 
-    report = audit_folder(args.root, timeout=args.timeout, workers=args.workers)
+    if args.format == "folder":
+        report = audit_folder(args.root, timeout=args.timeout, workers=args.workers)
+    else:  # every file its split lists name
+        report = audit_benchmark(args.format, args.root, args.dataset, timeout=args.timeout, workers=args.workers)
     summary = report.summary()
     print(f"{args.root}: {summary['images']} image files, {len(report.classes)} classes")
     for split, counts in report.counts.items():
@@ -160,7 +163,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         for group in (cross or report.duplicates)[:args.show]:
             print("  " + " = ".join(group))
     _write_json(args.out, "data_check.json", report.to_dict())
-    print("clean" if report.clean else "not clean: fix or remove the files above, or train with --skip-bad")
+    print("clean" if report.clean else "not clean: fix or remove the files above, or train with --skip-bad (data.skip_bad=true)")
     return 0 if report.clean else 1
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import decode
+from .benchmarks import read_pools
 from .folders import list_classes
 from .images import IMAGE_EXTENSIONS
 from .manifest import SPLITS, SplitManifest
 
-__all__ = ["AuditReport", "audit_folder", "bad_files", "inspect_files"]
+__all__ = ["AuditReport", "audit_benchmark", "audit_folder", "bad_files", "inspect_files"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def inspect_files(paths: list[str], timeout: float = 30.0, workers: int = 1) -> list[dict]:
+def inspect_files(paths: list[str], timeout: float = decode.DECODE_SECONDS, workers: int = 1) -> list[dict]:
     """:func:`dho.data.decode.inspect_file` of every path, in ``workers`` processes; a file that
     takes more than ``timeout`` seconds or kills its worker gets an ``ok: False`` record."""
     if not paths:
@@ -178,7 +179,7 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
 
 
-def audit_folder(root: str | Path, timeout: float = 30.0, workers: int | None = None) -> AuditReport:
+def audit_folder(root: str | Path, timeout: float = decode.DECODE_SECONDS, workers: int | None = None) -> AuditReport:
     """Decode every image of an ImageFolder tree (see :mod:`dho.data.folders`) and report."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -193,9 +194,26 @@ def audit_folder(root: str | Path, timeout: float = 30.0, workers: int | None = 
         if found - set(classes):
             problems.append(f"{split}/ has class folders that {where} lacks: {', '.join(sorted(found - set(classes))[:5])}")
         entries += [(split, c, p) for c in classes for p in _images(folder / c)]
+    return _report(root, classes, list(layout), entries, problems, timeout, workers)
+
+
+def audit_benchmark(fmt: str, root: str | Path, dataset: str | None = None, split_file: str | None = None,
+                    timeout: float = decode.DECODE_SECONDS, workers: int | None = None) -> AuditReport:
+    """Decode every image a benchmark's split lists name (``data.format`` coop / fgvc / imagenet)
+    and report, as :func:`audit_folder` does for a folder; paths are relative to its image folder."""
+    pools = read_pools(fmt, root, dataset, split_file)
+    splits = [key for key in ("train", "val", "test") if getattr(pools, key)]
+    entries = [(key, pools.classes[label], pools.image_root / rel) for key in splits for rel, label in getattr(pools, key)]
+    return _report(pools.image_root, pools.classes, splits, entries, [], timeout, workers)
+
+
+def _report(root: Path, classes: list[str], splits: list[str], entries: list[tuple[str, str, Path]],
+            problems: list[str], timeout: float, workers: int | None) -> AuditReport:
+    first = splits[0]
+    where = f"{first}/" if first != "all" else "the root"
     regular = [str(p) for _, _, p in entries if p.is_file()]
     inspected = iter(inspect_files(regular, timeout, workers or _cores()))
-    files, counts = [], {split: dict.fromkeys(classes, 0) for split in layout}
+    files, counts = [], {split: dict.fromkeys(classes, 0) for split in splits}
     by_hash: dict[str, list[str]] = defaultdict(list)
     for split, c, p in entries:
         rel = p.relative_to(root).as_posix()
@@ -221,7 +239,7 @@ def _fingerprint(root: Path) -> str:
     return decode.content_digest(repr(entries).encode())
 
 
-def bad_files(root: str | Path, timeout: float = 30.0) -> list[dict]:
+def bad_files(root: str | Path, timeout: float = decode.DECODE_SECONDS) -> list[dict]:
     """[{path, kind, error}] of the images under ``root`` that cannot be decoded: the files that
     ``data.skip_bad`` leaves out (audited once per process while no file under ``root`` changes)."""
     root = Path(root).expanduser().resolve()
@@ -231,7 +249,7 @@ def bad_files(root: str | Path, timeout: float = 30.0) -> list[dict]:
     return _BAD[key]
 
 
-def bad_in_manifest(manifest: SplitManifest, timeout: float = 30.0) -> list[dict]:
+def bad_in_manifest(manifest: SplitManifest, timeout: float = decode.DECODE_SECONDS) -> list[dict]:
     """[{path, kind, error}] of a benchmark split's images that cannot be decoded (every file its
     split lists, each checked as `dho data check` checks a folder's)."""
     rels = sorted({rel for key in SPLITS for rel, _ in manifest.split(key)})

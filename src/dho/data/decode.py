@@ -19,6 +19,10 @@ The policy (every image dho reads goes through :func:`decode_bytes`):
   (above ``HUGE_PIXELS``, 24 million: full-size photos of recent phones and larger) or ``tiny`` (a
   side under ``TINY_SIDE``, 32 px): both are scaled to the input size like any other image, but a
   huge one costs memory and time at every decode, and a tiny one has little to show.
+- Time: a file whose decode takes more than ``DECODE_SECONDS`` (30 s) is *bad* (``timeout``), in
+  training as in `dho data check`. In the main thread of a process whose SIGALRM is free, a timer
+  stops the decode at the limit; elsewhere (another thread, a SIGALRM in use) the limit is checked
+  once the decode ends.
 
 Run as a script (``python -I decode.py``) this module is the audit's worker: it reads one
 JSON-encoded path per line on stdin and answers one JSON line per file on stdout. It imports only
@@ -31,10 +35,15 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from time import monotonic
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +54,7 @@ ORIENTATION = 0x0112  # EXIF tag
 MAX_PIXELS = 64_000_000  # above: refused (too_large), from the header
 HUGE_PIXELS = 24_000_000  # above: decoded, with a "huge" note
 TINY_SIDE = 32  # a side below: decoded, with a "tiny" note
+DECODE_SECONDS = 30.0  # a decode that takes longer: refused (timeout)
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
@@ -58,6 +68,32 @@ class BadImage(ValueError):
 
     def __reduce__(self) -> tuple:  # DataLoader workers and process pools pickle errors
         return type(self), (self.kind, str(self))
+
+
+class _Expired(BaseException):  # not an Exception: Pillow's own handlers must not swallow it
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`_Expired` inside the block once it has run ``seconds``, where a timer can."""
+    free = (seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+    if not free:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Expired
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0.0))  # seconds is set when free
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def content_digest(data: bytes) -> str:
@@ -101,15 +137,17 @@ def _convert(image: Image.Image, notes: list[tuple[str, str]]) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[str, str]]]:
+def decode_bytes(data: bytes, name: str = "", limit: float | None = DECODE_SECONDS) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """uint8 [H, W, 3] pixels by the policy above, and (kind, text) notes on what was converted.
-    ``name`` (e.g. the file's path) starts the message of a :class:`BadImage`."""
+    ``name`` (e.g. the file's path) starts the message of a :class:`BadImage`; ``limit``: the
+    seconds the decode may take (None: no limit here, the caller keeps one)."""
     where = f"{name}: " if name else ""
     if not data:
         raise BadImage("empty", f"{where}empty file (0 bytes)")
     notes: list[tuple[str, str]] = []
+    started = monotonic()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _deadline(limit):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, below Pillow's, decides
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
@@ -120,7 +158,11 @@ def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[st
                 image.load()
                 if frames > 1:
                     notes.append(("multi_frame", f"first of {frames} frames"))
-                return _convert(image, notes), notes
+                pixels = _convert(image, notes)
+    except _Expired:  # raised as the timer's cleanup began: finish it
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        pixels = None
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -131,6 +173,9 @@ def decode_bytes(data: bytes, name: str = "") -> tuple[np.ndarray, list[tuple[st
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         kind = "truncated" if "truncat" in text.lower() or isinstance(err, EOFError) else "undecodable"
         raise BadImage(kind, f"{where}{kind} ({text})") from None
+    if pixels is None or (limit is not None and monotonic() - started > limit):
+        raise BadImage("timeout", f"{where}not decoded within {limit:g} s")
+    return pixels, notes
 
 
 def open_rgb(path: str | Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -146,7 +191,8 @@ def open_rgb(path: str | Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
 
 
 def inspect_file(path: str) -> dict:
-    """One file's report: ok, the reason when bad, notes, size, mode and content hash."""
+    """One file's report: ok, the reason when bad, notes, size, mode and content hash (the audit's
+    worker: the audit keeps the time limit)."""
     record: dict = {"path": path}
     try:
         mode = os.stat(path).st_mode
@@ -157,7 +203,7 @@ def inspect_file(path: str) -> dict:
         return {**record, "ok": False, "kind": "unreadable", "error": f"cannot read ({err.strerror or err})"}
     record["hash"] = content_digest(data)
     try:
-        pixels, notes = decode_bytes(data)  # the report names the file
+        pixels, notes = decode_bytes(data, limit=None)  # the report names the file; the audit keeps the time
     except BadImage as err:
         return {**record, "ok": False, "kind": err.kind, "error": str(err)}
     height, width = pixels.shape[:2]
