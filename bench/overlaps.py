@@ -4,6 +4,8 @@ The check groups files by size, then by their first bytes, and hashes whole only
 could equal a file of another split. The baseline reads and hashes every file of every split.
 Both must report the same lines. Cases: the CIFAR-10 demo split (small JPEGs, read whole either
 way) and a folder of larger JPEGs (CIFAR images re-encoded at 384 px, made here on first use).
+A third column is the staged check again with the digests an earlier check kept (a later run on
+the same files: only stat() and a lookup per candidate file).
 
     python bench/overlaps.py [--split runs/.../splits.json] [--rounds 3]
 """
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
 from dho.data.decode import content_digest
-from dho.data.duplicates import overlap_lines, split_overlaps
+from dho.data.duplicates import DigestCache, overlap_lines, split_overlaps
 from dho.data.manifest import SPLITS, SplitManifest
 from dho.data.splits import make_splits
 from timing import machine, report, side_by_side
@@ -60,12 +63,27 @@ def main() -> None:
         "4,000 JPEGs at 384 px (~21 KB)": make_splits(large_jpegs(cifar, Path(args.large)), shots=16, val_fraction=0.1),
     }
     print(machine())
-    for name, manifest in cases.items():
-        assert sorted(split_overlaps(manifest)) == sorted(hash_everything(manifest)), name
-        medians = side_by_side({"staged check": partial(split_overlaps, manifest),
-                                "hash every file": partial(hash_everything, manifest)}, rounds=args.rounds)
-        n = sum(len(manifest.split(s)) for s in SPLITS)
-        report(f"{name}: {n} files, same lines", medians, {"hash every file / staged": ("hash every file", "staged check")})
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, manifest) in enumerate(cases.items()):
+            kept = DigestCache(Path(tmp) / f"digests-{i}.sqlite")
+            assert sorted(split_overlaps(manifest, kept)) == sorted(hash_everything(manifest)), name
+            kept.save()
+
+            def cached(manifest=manifest, i=i) -> list[str]:
+                digests = DigestCache(Path(tmp) / f"digests-{i}.sqlite")
+                try:
+                    return split_overlaps(manifest, digests)
+                finally:
+                    digests.save()
+
+            assert sorted(cached()) == sorted(hash_everything(manifest)), name
+            medians = side_by_side({"staged check": partial(split_overlaps, manifest),
+                                    "hash every file": partial(hash_everything, manifest),
+                                    "staged, digests kept": cached}, rounds=args.rounds)
+            n = sum(len(manifest.split(s)) for s in SPLITS)
+            report(f"{name}: {n} files, same lines", medians, {
+                "hash every file / staged": ("hash every file", "staged check"),
+                "staged / staged with kept digests": ("staged check", "staged, digests kept")})
 
 
 if __name__ == "__main__":

@@ -186,6 +186,50 @@ def test_overlap_check_reads_only_what_could_match_and_misses_nothing(tmp_path):
         assert sum("l0.bin" in line for line in split_overlaps(m)) == 0
 
 
+
+def test_overlap_digests_are_kept_by_file_identity(tmp_path, monkeypatch):
+    """A second check of the same files reads none of them (digests kept in SQLite by path, inode,
+    size, mtime, ctime); a file rewritten since is read again and its new content counts; a cache
+    that cannot be opened changes nothing but the reading."""
+    import random
+
+    import dho.data.duplicates as dup
+    from dho.data.manifest import SplitManifest
+
+    rng = random.Random(1)
+    same, other = rng.randbytes(3 * dup.HEAD_BYTES), rng.randbytes(3 * dup.HEAD_BYTES)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, content in {"l0": same, "t0": same, "u0": other, "v0": other[:-1] + b"x", "l1": b"s" * 100, "t1": b"s" * 100}.items():
+        (data / f"{name}.bin").write_bytes(content)
+    by_split = {"l": [], "u": [], "v": [], "t": []}
+    for f in sorted(data.iterdir()):
+        by_split[f.name[0]].append((f.name, 0))
+    m = SplitManifest(str(data), ["x"], by_split["l"], by_split["u"], by_split["v"], by_split["t"], {})
+    reads: list[str] = []
+    for kind in ("_head_digest", "_whole_digest"):
+        real = getattr(dup, kind)
+        monkeypatch.setattr(dup, kind, lambda p, real=real, kind=kind: reads.append(f"{kind}:{p.name}") or real(p))
+
+    def check(cache_file):
+        digests = dup.DigestCache(cache_file)
+        try:
+            return sorted(dup.split_overlaps(m, digests))
+        finally:
+            digests.save()
+
+    first = check(tmp_path / "digests.sqlite")
+    assert len(first) == 2 and reads  # l0 = t0, l1 = t1; u0 / v0 differ at the end
+    reads.clear()
+    assert check(tmp_path / "digests.sqlite") == first and reads == []
+    (data / "v0.bin").write_bytes(other)  # now equal to u0, same size as before
+    assert len(check(tmp_path / "digests.sqlite")) == 3
+    assert {r.split(":")[1] for r in reads} == {"v0.bin"}  # the rest came from the cache
+    reads.clear()
+    (tmp_path / "blocked").write_text("a file where the cache's folder would be")
+    assert len(check(tmp_path / "blocked" / "digests.sqlite")) == 3 and reads  # read again, nothing kept
+
+
 def test_a_separate_unlabeled_pool(tmp_path):
     """Labeled class folders and a pool of unlabeled images elsewhere, as users keep them: a
     folder searched recursively (its sub-folders are not classes), a list file, or a glob."""

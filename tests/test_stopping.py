@@ -11,7 +11,7 @@ from conftest import sigterm_at_step
 from dho.cli.app import main
 from dho.loop import train
 from dho.training.state import load_state
-from dho.training.stopping import NonFiniteLoss, StopSignals, TrainingInterrupted
+from dho.training.stopping import Interrupted, NonFiniteLoss, StoppedAtOnce, StopSignals, TrainingInterrupted
 
 TRAIN = importlib.import_module("dho.loop")  # the training loop module
 
@@ -90,6 +90,28 @@ def test_stop_errors_survive_a_process_pool(tmp_path):
                 TrainingInterrupted(signal.SIGTERM, 5, 6, tmp_path / "state" / "last", tmp_path)):
         back = pickle.loads(pickle.dumps(err))
         assert str(back) == str(err) and back.step == err.step
+    for stop in (Interrupted(signal.SIGTERM), StoppedAtOnce(signal.SIGINT)):  # a job a signal stopped in a worker
+        back = pickle.loads(pickle.dumps(stop))
+        assert (type(back), back.signum, str(back)) == (type(stop), stop.signum, str(stop))
+
+
+def test_a_pool_worker_always_saves_its_owner_stops_it_at_once(monkeypatch):
+    """In a worker (``at_once`` off) more signals change nothing; StopSignals.request is a first stop
+    that a signal after it does not escalate either; with no run in progress it says so."""
+    assert StopSignals.request(signal.SIGTERM) is False
+    monkeypatch.setattr(StopSignals, "at_once", False)
+    with StopSignals() as stop:
+        for _ in range(3):
+            signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+    monkeypatch.setattr(StopSignals, "at_once", True)
+    with StopSignals() as stop:
+        assert StopSignals.request(signal.SIGTERM) is True and stop.signum == signal.SIGTERM
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C to the group after the owner's request: still the first signal
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(StoppedAtOnce):
+            signal.raise_signal(signal.SIGINT)
+    assert StopSignals.request(signal.SIGTERM) is False
 
 
 @pytest.mark.parametrize("where", ["evaluation", "end save"])

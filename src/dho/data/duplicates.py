@@ -1,19 +1,26 @@
 """Images that sit in two splits at once: the same file (by resolved path) or the same content
-(by hash of the bytes). A test image that is also a training image inflates every score."""
+(by hash of the bytes). A test image that is also a training image inflates every score.
+
+The digests computed are kept by file identity (real path, device, inode, size, mtime and ctime)
+in ``<cache dir>/digests.sqlite``: a later check, by any run on the same files, reads only files
+that changed or are new. Where that file cannot be used the check reads what it needs each time."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ..files import cache_dir
 from .decode import content_digest
 from .manifest import SPLITS, SplitManifest
 
-__all__ = ["check_overlaps", "overlap_lines", "split_overlaps"]
+__all__ = ["DigestCache", "check_overlaps", "overlap_lines", "split_overlaps"]
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +48,81 @@ def _head_digest(path: Path) -> str:
         return content_digest(fh.read(HEAD_BYTES))
 
 
-def split_overlaps(manifest: SplitManifest) -> list[str]:
+def _whole_digest(path: Path) -> str:
+    return content_digest(path.read_bytes())
+
+
+class DigestCache:
+    """Digests (of a file's head, or of all of it) by file identity, in one SQLite file that runs
+    and processes share; ``DigestCache(None)`` keeps them for this check only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._new: dict[tuple[str, str], tuple[str, str]] = {}  # (real path, kind) -> (identity, digest)
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, timeout=30)
+                self._db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, kind TEXT, identity TEXT, digest TEXT, "
+                                 "PRIMARY KEY (path, kind))")
+            except (sqlite3.Error, OSError) as err:
+                log.info("file digests are not kept (%s: %s)", path, err)
+                self._close()
+
+    def digest(self, path: Path, kind: str, compute: Callable[[Path], str]) -> str:
+        """``compute(path)``, unless this file, unchanged, was digested so before."""
+        real, st = os.path.realpath(path), os.stat(path)
+        identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                row = self._db.execute("SELECT identity, digest FROM digests WHERE path = ? AND kind = ?", (real, kind)).fetchone()
+                if row is not None and row[0] == identity:
+                    return row[1]
+        value = compute(path)
+        self._new[(real, kind)] = (identity, value)
+        return value
+
+    def save(self) -> None:
+        """Keep the digests computed since the cache was opened; close it."""
+        if self._db is not None and self._new:
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)",
+                                         [(*key, *row) for key, row in self._new.items()])
+            except sqlite3.Error as err:
+                log.info("file digests were not kept (%s)", err)
+        self._close()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+
+
+def digest_cache() -> DigestCache:
+    """The cache of this machine's user: ``<cache dir>/digests.sqlite``."""
+    return DigestCache(cache_dir() / "digests.sqlite")
+
+
+def split_overlaps(manifest: SplitManifest, digests: DigestCache | None = None) -> list[str]:
     """One line per file or content found in more than one of labeled / unlabeled / val / test.
 
     Content is compared by hash of the whole file, but only among files that could match: the
     same size, then the same first bytes, in more than one split. Other files are only stat()ed
-    or read in part, and no file is read twice."""
+    or read in part, no file is read twice, and none whose digest ``digests`` already holds."""
+    cache = digests if digests is not None else DigestCache(None)
     members = [(split, rel, manifest.path(rel)) for split in SPLITS for rel, _ in manifest.split(split)]
     by_path: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for split, rel, path in members:
         by_path[os.path.realpath(path)].add((split, rel))
     by_hash: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for size, same_size in _groups(members, lambda p: p.stat().st_size):
-        for head, same_head in _groups(same_size, _head_digest):
+        for head, same_head in _groups(same_size, lambda p: cache.digest(p, "head", _head_digest)):
             if size <= HEAD_BYTES:  # the head was the whole file
                 by_hash[head].update((split, rel) for split, rel, _ in same_head)
                 continue
-            for content, same in _groups(same_head, lambda p: content_digest(p.read_bytes())):
+            for content, same in _groups(same_head, lambda p: cache.digest(p, "whole", _whole_digest)):
                 by_hash[content].update((split, rel) for split, rel, _ in same)
     return overlap_lines(by_path, by_hash)
 
@@ -77,7 +142,11 @@ def check_overlaps(manifest: SplitManifest, policy: str) -> list[str]:
     """Apply ``data.duplicates``: ``warn`` logs the overlaps, ``error`` raises, ``off`` skips the check."""
     if policy == "off":
         return []
-    found = split_overlaps(manifest)
+    digests = digest_cache()
+    try:
+        found = split_overlaps(manifest, digests)
+    finally:
+        digests.save()
     if found:
         message = f"{len(found)} image(s) appear in two splits, e.g. {found[0]}"
         if policy == "error":

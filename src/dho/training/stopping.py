@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["BufferGuard", "NonFiniteLoss", "StopSignals", "StoppedAtOnce", "TrainingInterrupted"]
+__all__ = ["BufferGuard", "Interrupted", "NonFiniteLoss", "StopSignals", "StoppedAtOnce", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
@@ -48,42 +48,77 @@ class NonFiniteLoss(FloatingPointError):
         return type(self), self._args
 
 
-class StoppedAtOnce(KeyboardInterrupt):
-    """A second stop signal: the process ends now, with that signal's exit code, saving nothing more."""
+class Interrupted(KeyboardInterrupt):
+    """A stop signal to a process that owns workers: it stops as Ctrl-C stops it (exit 128 + signum)."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
 
+    def __reduce__(self) -> tuple:  # a worker's job ends with it: it crosses back to the pool's owner
+        return type(self), (self.signum,)
+
+
+class StoppedAtOnce(Interrupted):
+    """A second stop signal: the process ends now, with that signal's exit code, saving nothing more."""
+
 
 class StopSignals:
     """Inside ``with StopSignals() as stop:`` SIGINT and SIGTERM set ``stop.signum`` instead of
     ending the process, so the loop can finish its step and save; a second signal raises
-    KeyboardInterrupt at once. Off the main thread (no signals there) it changes nothing."""
+    KeyboardInterrupt at once. Off the main thread (no signals there) it changes nothing.
+
+    ``StopSignals.request(signum)`` asks the same of the run in progress in this process without a
+    signal of its own (a worker told by its pool's owner): it never stops at once, and the signal the
+    process may also get directly (Ctrl-C reaches a whole process group) counts as the first.
+    ``StopSignals.at_once = False`` (a pool's worker, whose owner stops it at once when asked twice)
+    makes later signals change nothing: the run always saves."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    at_once: ClassVar[bool] = True  # a second signal stops at once
+    _active: ClassVar[StopSignals | None] = None  # the run in progress in this process's main thread
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._signalled = False  # a stop signal arrived (not only a request)
+        self._outer: StopSignals | None = None
         # the handlers signal.signal() replaced, to put back on exit
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._outer, StopSignals._active = StopSignals._active, self
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._previous:
+            StopSignals._active = self._outer
         self._previous = {}
 
+    @classmethod
+    def request(cls, signum: int) -> bool:
+        """Ask the run in progress to stop after its step as ``signum`` would; False when none is."""
+        stop = cls._active
+        if stop is None:
+            return False
+        if stop.signum is None:
+            stop.signum = signum
+            log.warning("%s to the process that started this one: finishing this step, then saving the training state",
+                        signal.Signals(signum).name)
+        return True
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise StoppedAtOnce(signum)
-        self.signum = signum
-        log.warning("%s: finishing this step, then saving the training state (send it again to stop at once)",
-                    signal.Signals(signum).name)
+        if self._signalled:
+            if StopSignals.at_once:
+                raise StoppedAtOnce(signum)
+            return
+        first, self.signum, self._signalled = self.signum is None, signum, True
+        if first:
+            log.warning("%s: finishing this step, then saving the training state (send it again to stop at once)",
+                        signal.Signals(signum).name)
 
 
 class BufferGuard:
