@@ -1,7 +1,7 @@
 """Images that sit in two splits at once: the same file (by resolved path) or the same content
 (by hash of the bytes). A test image that is also a training image inflates every score.
 
-The digests computed are kept by file identity (real path, device, inode, size, mtime and ctime)
+The digests computed are kept by file identity (path, device, inode, size, mtime and ctime)
 in ``<cache dir>/digests.sqlite``: a later check, by any run on the same files, reads only files
 that changed or are new. Where that file cannot be used the check reads what it needs each time."""
 
@@ -54,10 +54,15 @@ def _whole_digest(path: Path) -> str:
 
 class DigestCache:
     """Digests (of a file's head, or of all of it) by file identity, in one SQLite file that runs
-    and processes share; ``DigestCache(None)`` keeps them for this check only."""
+    and processes share; ``DigestCache(None)`` keeps nothing. ``recall`` looks many files up in a
+    few queries; ``digest`` gives a recalled digest or computes and remembers it."""
+
+    QUERY_ROWS = 500  # paths per lookup query
 
     def __init__(self, path: Path | None) -> None:
-        self._new: dict[tuple[str, str], tuple[str, str]] = {}  # (real path, kind) -> (identity, digest)
+        self._known: dict[tuple[str, str], str] = {}  # (path, kind) -> digest of the file as it is now
+        self._identity: dict[str, str] = {}  # path -> identity, of the files recalled
+        self._new: list[tuple[str, str, str, str]] = []  # (path, kind, identity, digest)
         self._db: sqlite3.Connection | None = None
         if path is not None:
             try:
@@ -69,17 +74,32 @@ class DigestCache:
                 log.info("file digests are not kept (%s: %s)", path, err)
                 self._close()
 
+    def recall(self, files: dict[str, os.stat_result]) -> None:
+        """Look up the kept digests of ``files`` (path -> its stat), keeping those still true."""
+        if self._db is None:
+            return
+        for name, st in files.items():
+            self._identity[name] = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        names = list(files)
+        try:
+            for i in range(0, len(names), self.QUERY_ROWS):
+                chunk = names[i:i + self.QUERY_ROWS]
+                rows = self._db.execute(f"SELECT path, kind, identity, digest FROM digests WHERE path IN ({','.join('?' * len(chunk))})",
+                                        chunk)
+                self._known.update(((path, kind), digest) for path, kind, identity, digest in rows
+                                   if self._identity.get(path) == identity)
+        except sqlite3.Error as err:
+            log.info("file digests are not kept (%s)", err)
+            self._close()
+
     def digest(self, path: Path, kind: str, compute: Callable[[Path], str]) -> str:
-        """``compute(path)``, unless this file, unchanged, was digested so before."""
-        real, st = os.path.realpath(path), os.stat(path)
-        identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                row = self._db.execute("SELECT identity, digest FROM digests WHERE path = ? AND kind = ?", (real, kind)).fetchone()
-                if row is not None and row[0] == identity:
-                    return row[1]
+        """The recalled digest of ``kind`` of this file, else ``compute(path)`` (kept by ``save``)."""
+        name = str(path)
+        if (name, kind) in self._known:
+            return self._known[(name, kind)]
         value = compute(path)
-        self._new[(real, kind)] = (identity, value)
+        if name in self._identity:
+            self._new.append((name, kind, self._identity[name], value))
         return value
 
     def save(self) -> None:
@@ -87,10 +107,10 @@ class DigestCache:
         if self._db is not None and self._new:
             try:
                 with self._db:
-                    self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)",
-                                         [(*key, *row) for key, row in self._new.items()])
+                    self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", self._new)
             except sqlite3.Error as err:
                 log.info("file digests were not kept (%s)", err)
+        self._new = []
         self._close()
 
     def _close(self) -> None:
@@ -110,16 +130,25 @@ def split_overlaps(manifest: SplitManifest, digests: DigestCache | None = None) 
 
     Content is compared by hash of the whole file, but only among files that could match: the
     same size, then the same first bytes, in more than one split. Other files are only stat()ed
-    or read in part, no file is read twice, and none whose digest ``digests`` already holds."""
+    or read in part, no file is read twice, and none whose digest ``digests`` has kept."""
     cache = digests if digests is not None else DigestCache(None)
     members = [(split, rel, manifest.path(rel)) for split in SPLITS for rel, _ in manifest.split(split)]
     by_path: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for split, rel, path in members:
         by_path[os.path.realpath(path)].add((split, rel))
+    stats: dict[str, os.stat_result] = {}
+
+    def size(path: Path) -> int:
+        st = stats[str(path)] = os.stat(path)
+        return st.st_size
+
     by_hash: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for size, same_size in _groups(members, lambda p: p.stat().st_size):
+    same_sizes = _groups(members, size)
+    if digests is not None:
+        cache.recall({str(path): stats[str(path)] for _, group in same_sizes for _, _, path in group})
+    for size_, same_size in same_sizes:
         for head, same_head in _groups(same_size, lambda p: cache.digest(p, "head", _head_digest)):
-            if size <= HEAD_BYTES:  # the head was the whole file
+            if size_ <= HEAD_BYTES:  # the head was the whole file
                 by_hash[head].update((split, rel) for split, rel, _ in same_head)
                 continue
             for content, same in _groups(same_head, lambda p: cache.digest(p, "whole", _whole_digest)):
