@@ -76,6 +76,33 @@ def test_heads_only_training_keeps_the_backbone(tiny_cfg):
     assert result.results["selection"] == "validation grid"
 
 
+
+def test_heads_only_features_are_kept_across_runs(tiny_cfg, tmp_path, monkeypatch):
+    """student.feature_cache: a second heads-only run on the same views embeds nothing and trains
+    the same weights bit for bit; another shot count embeds only its new views; another backbone
+    (other weights) gets a store of its own."""
+    from dho.students import DualHeadStudent
+
+    embedded: list[int] = []
+    real = DualHeadStudent.embed
+    monkeypatch.setattr(DualHeadStudent, "embed", lambda self, images: embedded.append(len(images)) or real(self, images))
+    cache = tmp_path / "features"
+    cfg = tiny_cfg.override({"student.freeze_backbone": True, "data.num_views": 2, "optim.epochs": 6,
+                             "student.feature_cache": str(cache)})
+    first = train(cfg.override({"out": str(tmp_path / "a")}))
+    views, embedded[:] = sum(embedded), []
+    (store,) = cache.iterdir()
+    assert views > 0 and json.loads((store / "meta.json").read_text())["dtype"] == "float32"
+    again = train(cfg.override({"out": str(tmp_path / "b")}))
+    assert embedded == []
+    for (name, x), y in zip(first.student.state_dict().items(), again.student.state_dict().values()):
+        assert torch.equal(x, y), name
+    train(cfg.override({"data.shots": 3, "out": str(tmp_path / "c")}))
+    assert 0 < sum(embedded) < views  # the views of the shots 2 already had are kept
+    train(cfg.override({"seed": 1, "out": str(tmp_path / "d")}))  # another random backbone, other views
+    assert len(list(cache.iterdir())) == 2
+
+
 def test_heads_only_dho_skips_the_ce_head_on_unlabeled_rows_with_the_same_loss():
     """DHO reads h_CE on the labeled rows only: computing it there alone gives the same loss and
     gradients while the unlabeled rows (half the batch or more) skip that head."""

@@ -122,6 +122,7 @@ class StudentConfig:
     language_init_embedding: Literal["raw_mean", "renormalized"] = "raw_mean"
     mlp_dropout: float = 0.0  # dropout inside mlp heads
     freeze_backbone: bool = False  # heads-only training: backbone features computed once per view
+    feature_cache: str | None = None  # heads-only: a folder keeping those features for later runs (any method, K, budget)
     # a step's labeled and unlabeled batches: two forward passes, each with its own BatchNorm batch
     # statistics ("separate", the authors' small-dataset code), or one of both ("joint", their ImageNet code)
     stream_forward: Literal["separate", "joint"] = "separate"

@@ -3,9 +3,10 @@
 A step draws a labeled and an unlabeled batch from endless seeded streams (1:1) and brings the
 teacher's outputs for exactly those views. :class:`ImageBatches` crops images and runs (or
 replays) the teacher; :class:`FeatureBatches` serves a frozen backbone: the student's features
-and the teacher's outputs of every view the run will draw are computed once, so a step only
-trains the heads. Under DistributedDataParallel each rank takes rows ``rank::world_size`` of every
-global batch, so N processes together see what one process sees.
+and the teacher's outputs of every view the run will draw are computed once (the features kept
+across runs with ``student.feature_cache``), so a step only trains the heads. Under
+DistributedDataParallel each rank takes rows ``rank::world_size`` of every global batch, so N
+processes together see what one process sees.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..data import StreamSampler, TrainViews
 from ..progress import progress as progress_bar
 from ..teachers import TeacherOutput
+from .features import FeatureStore
 
 __all__ = ["Batch", "FeatureBatches", "ImageBatches", "RankSlice"]
 
@@ -100,14 +102,15 @@ class FeatureBatches:
 
     def __init__(self, views: dict[str, TrainViews], plan: dict[str, list[tuple[int, int]]], batch_size: int, seed: int,
                  device: torch.device, embed: Callable[[Tensor], Tensor], teacher_fn: TeacherFn | None,
-                 rank: int = 0, world_size: int = 1, chunk: int = 256, progress: bool = False, start: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, chunk: int = 256, progress: bool = False, start: int = 0,
+                 kept: FeatureStore | None = None) -> None:
         self.samplers = {name: s.tensors() for name, s in _streams(views, batch_size, seed, rank, world_size, start).items()}
         self.num_views = {name: v.num_views for name, v in views.items()}
         self.labels = {name: v.store.labels.to(device) for name, v in views.items()}
         self.device = device
         self.rows: dict[str, Tensor] = {}  # per stream: [n, views] -> row of the tables below
         feats, t_feats, t_logits = [], [], []
-        offset = 0
+        offset = embedded = 0
         for name, pairs in plan.items():
             index = torch.tensor(pairs, dtype=torch.long).view(-1, 2)
             table = torch.full((len(views[name]), int(index[:, 1].max()) + 1 if len(pairs) else 1), -1, dtype=torch.long)
@@ -117,14 +120,21 @@ class FeatureBatches:
             for lo in progress_bar(range(0, len(pairs), chunk), desc=f"features {name}", enabled=progress, leave=False):
                 items = [views[name][(i, v)] for i, v in pairs[lo:lo + chunk]]
                 images = torch.stack([im for im, _, _ in items]).to(device)
-                feats.append(embed(images))
+                if kept is None:
+                    feats.append(embed(images))
+                    embedded += len(images)
+                else:  # features kept by earlier runs read back; rank 0 keeps the new ones
+                    z, n = kept.embed(images, [k for _, _, k in items], embed, write=rank == 0)
+                    feats.append(z)
+                    embedded += n
                 if teacher_fn is not None:
                     out = teacher_fn(images, [k for _, _, k in items])
                     t_feats.append(out.features)
                     t_logits.append(out.logits)
         self.features = torch.cat(feats)  # [R, D]
         self.teacher = TeacherOutput(torch.cat(t_feats), torch.cat(t_logits)) if teacher_fn is not None else None
-        log.info("heads-only: %d views embedded once (%d features each)", len(self.features), self.features.shape[1])
+        log.info("heads-only: %d views, %d embedded now, %d features each%s", len(self.features), embedded,
+                 self.features.shape[1], f" (kept in {kept.path})" if kept is not None else "")
 
     def __iter__(self) -> FeatureBatches:
         return self

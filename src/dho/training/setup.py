@@ -30,6 +30,7 @@ from ..teachers.fewshot import FewShotTeacher
 from . import distributed
 from .batches import FeatureBatches, ImageBatches, TeacherFn
 from .distributed import DistContext
+from .features import FeatureStore
 from .plan import planned_views, training_view_size
 from .rundir import RunDir
 from .state import TrainState, load_state
@@ -179,9 +180,12 @@ def build_streams(cfg: RunConfig, run: Started, manifest: SplitManifest, spec: M
         for v in views.values():
             v.store.to(device)
     if cfg.student.freeze_backbone:
+        kept = FeatureStore(cfg.student.feature_cache, student, {  # what else a view's crop depends on
+            "data": os.path.realpath(os.path.expanduser(d.root)), "dataset": d.dataset, "view_size": view_size,
+            "crop_scale": list(cfg.optim.crop_scale), "store_side": side}) if cfg.student.feature_cache else None
         batches: ImageBatches | FeatureBatches = FeatureBatches(
             views, planned_views(cfg, manifest), cfg.optim.batch_size, cfg.seed, device, student.embed, teacher_fn,
-            ctx.rank, ctx.world_size, progress=run.shows(progress), start=start)
+            ctx.rank, ctx.world_size, progress=run.shows(progress), start=start, kept=kept)
     else:
         batches = ImageBatches(views, cfg.optim.batch_size, cfg.seed, device, teacher_fn,
                                0 if device_crops else workers, ctx.rank, ctx.world_size, start=start)

@@ -1,0 +1,92 @@
+"""Backbone features kept across heads-only runs (``student.feature_cache``).
+
+A frozen backbone's features of a training view never change, so, like the teacher's outputs,
+they are kept by view key: in a store of the teacher store's layout (float32, replayed exactly;
+no logits) under ``<feature_cache>/<id>``, where the id digests the backbone's name, weights and
+preprocessing, the data (root, dataset) and the views' size, crop scale and kept image side. A later heads-only run on the
+same seed (another method, shot count or budget) embeds only the views no run embedded before.
+Appends hold a lock file, so runs in parallel (a sweep's workers) share one store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..students import DualHeadStudent
+from ..teachers.base import TeacherOutput
+from ..teachers.store import TeacherStore
+
+__all__ = ["FeatureStore", "backbone_id"]
+
+log = logging.getLogger(__name__)
+
+
+def backbone_id(student: DualHeadStudent, views: dict) -> str:
+    """A digest of what a view's features depend on: the backbone (name, every weight and buffer),
+    the preprocessing and what the crops depend on (``views``: data root, view size, crop scale...)."""
+    h = hashlib.blake2b(digest_size=8)
+    pre, spec = student.preprocess, student.spec
+    h.update(json.dumps({"backbone": spec.backbone, "source": spec.source, "size": pre.size, "mean": pre.mean.flatten().tolist(),
+                         "std": pre.std.flatten().tolist(), "views": views}, sort_keys=True).encode())
+    for name, tensor in student.backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{spec.backbone}-{h.hexdigest()}"
+
+
+class FeatureStore:
+    """The features of one backbone and one kind of view, by view key, in ``root/<id>``."""
+
+    def __init__(self, root: str | Path, student: DualHeadStudent, views: dict) -> None:
+        self.id = backbone_id(student, views)
+        self.path = Path(root).expanduser() / self.id
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            if not (self.path / "meta.json").is_file():
+                TeacherStore.create(self.path, self.id, student.spec.num_features, 0, dtype="float32", info={"views": views})
+        self._store = TeacherStore(self.path)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def embed(self, images: Tensor, keys: Sequence[str], embed: Callable[[Tensor], Tensor], write: bool) -> tuple[Tensor, int]:
+        """Features [B, D] of ``images`` [B, ...] (views ``keys``): kept ones read back, the others
+        embedded (and kept when ``write``); with how many were embedded."""
+        new = [j for j, k in enumerate(keys) if k not in self._store]
+        if len(new) == len(keys):
+            out = embed(images)
+        else:
+            out = torch.empty(len(keys), self._store.meta["feature_dim"], device=images.device)
+            fresh = set(new)
+            old = [j for j in range(len(keys)) if j not in fresh]
+            out[old] = self._store.rows([keys[j] for j in old]).features.to(images.device)
+            if new:
+                out[new] = embed(images[new]).float()
+        if new and write:
+            self.add([keys[j] for j in new], out[new])
+        return out, len(new)
+
+    def add(self, keys: Sequence[str], features: Tensor) -> int:
+        """Keep the rows of ``features`` [N, D] whose keys the store lacks; returns how many were new."""
+        with self._locked():
+            self._store = TeacherStore(self.path)  # what other writers added meanwhile
+            empty = torch.empty(len(keys), 0)
+            return self._store.append(list(keys), TeacherOutput(features.float().cpu(), empty))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.path / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
