@@ -100,3 +100,31 @@ def test_a_store_answers_only_for_its_classes_and_prompts(tmp_path, tiny_cfg):
     prompts = build_teacher(dataclasses.replace(tiny_cfg.teacher, templates="a {}.|the {}."), classes)
     with pytest.raises(ValueError, match="other prompt templates"):
         TeacherCache.load(prompts, tmp_path / "s")
+
+
+def test_shards_of_cache_teacher_fill_one_store_at_once(tmp_path, tiny_cfg):
+    """`dho cache-teacher --shard I/N`: N processes at once (nodes over shared storage, here two on
+    one machine) append their parts to one store under its lock; together they hold exactly what
+    one unsharded run stores, with the same outputs."""
+    import subprocess
+    import sys
+
+    from dho.config import save_config
+
+    config = tmp_path / "run.yaml"
+    save_config(tiny_cfg.override({"data.num_views": 2}), config)
+    base = [sys.executable, "-m", "dho", "-q", "cache-teacher", "--config", str(config), "--dtype", "float32", "--workers", "1"]
+    parts = [subprocess.Popen([*base, "--out", str(tmp_path / "sharded"), "--shard", f"{i}/2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for part in parts:
+        _, err = part.communicate(timeout=300)
+        assert part.returncode == 0, err[-2000:]
+    whole = subprocess.run([*base, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    sharded, one = TeacherStore(tmp_path / "sharded"), TeacherStore(tmp_path / "whole")
+    assert len(sharded.meta["shards"]) == 2 and set(sharded.index) == set(one.index) and len(one) > 0
+    keys = sorted(one.index)
+    a, b = sharded.rows(keys), one.rows(keys)
+    assert torch.equal(a.features, b.features) and torch.equal(a.logits, b.logits)
+    bad = subprocess.run([*base, "--out", str(tmp_path / "x"), "--shard", "2/2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "I must be in 0..N-1" in bad.stderr

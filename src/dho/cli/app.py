@@ -99,6 +99,8 @@ def _run_commands(sub: Any) -> None:
     p.add_argument("--topk", type=_positive_int, help="keep only the K largest logits of each view")
     p.add_argument("--workers", type=_positive_int, help="one-thread worker processes (default: the free cores)")
     p.add_argument("--no-eval", action="store_true", help="skip the validation and test centre crops")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="compute only part I of N (0-based) of the missing outputs: N processes or nodes, one store")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
     p.set_defaults(func=cmd_cache_teacher)
 
@@ -244,6 +246,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 0/2)") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text}: I must be in 0..N-1")
+    return i, n
 
 
 def _all_or_int(text: str) -> int | str:

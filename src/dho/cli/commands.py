@@ -173,7 +173,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     cache = cache_teacher(cfg, args.out, dtype=args.dtype, topk=args.topk, workers=args.workers,
-                          eval_splits=not args.no_eval, progress=_progress())
+                          eval_splits=not args.no_eval, progress=_progress(), shard=args.shard)
     assert cache.store is not None  # the cache was saved to its store at args.out
     meta = cache.store.meta
     print(f"teacher {meta['teacher']}: {len(cache)} views ({meta['dtype']}, "

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import Teacher, TeacherOutput
-from .store import TeacherStore
+from .store import TeacherStore, store_lock
 
 __all__ = ["TeacherCache"]
 
@@ -87,19 +87,18 @@ class TeacherCache:
         if self.store is not None and self.store.path.resolve() != path.resolve():
             raise ValueError(f"this cache reads the store at {self.store.path}; save it there, not to {path}")
         teacher_id = getattr(self.teacher, "id", "teacher")
-        if self.store is not None:
-            target = self.store
-        elif (path / "meta.json").is_file():
-            target = TeacherStore(path)
-        else:
-            num_classes, feature_dim = self.teacher.class_embeddings.shape
-            target = TeacherStore.create(path, teacher_id, feature_dim, num_classes, dtype=dtype, topk=topk, info=info,
-                                         classes=self.teacher.classnames, templates=self.teacher.templates)
-        _check_same_teacher(target, self.teacher)
-        if self._rows:
-            keys = list(self._rows)
-            target.append(keys, TeacherOutput(torch.stack([self._rows[k][0] for k in keys]),
-                                              torch.stack([self._rows[k][1] for k in keys])))
+        with store_lock(path):  # another process may have appended since this cache opened the store
+            if (path / "meta.json").is_file():
+                target = TeacherStore(path)
+            else:
+                num_classes, feature_dim = self.teacher.class_embeddings.shape
+                target = TeacherStore.create(path, teacher_id, feature_dim, num_classes, dtype=dtype, topk=topk, info=info,
+                                             classes=self.teacher.classnames, templates=self.teacher.templates)
+            _check_same_teacher(target, self.teacher)
+            if self._rows:
+                keys = list(self._rows)
+                target.append(keys, TeacherOutput(torch.stack([self._rows[k][0] for k in keys]),
+                                                  torch.stack([self._rows[k][1] for k in keys])))
         self.store, self._rows = target, {}
         return path
 

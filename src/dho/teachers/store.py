@@ -10,7 +10,9 @@ A store is a directory::
     topk_indices-00000.npy    [rows, K] their class indices (int32)
 
 Shards are written completely before ``meta.json`` names them (temporary file, then rename), so a
-store that can be opened is never half written; adding outputs appends a shard. Arrays are read
+store that can be opened is never half written; adding outputs appends a shard. Writers in several
+processes (or on several nodes over shared storage) hold :func:`store_lock` and reopen the store
+before they append. Arrays are read
 with ``numpy.load(mmap_mode="r")``: opening a store costs nothing and only the rows a batch needs
 are read. Top-k logits give the teacher's distribution restricted to its K best classes: the other
 logits read back as :data:`MISSING_LOGIT`, whose probability is 0 in float32.
@@ -18,8 +20,10 @@ logits read back as :data:`MISSING_LOGIT`, whose probability is 0 in float32.
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -31,10 +35,22 @@ from torch import Tensor
 from ..files import write_file_atomic
 from .base import TeacherOutput
 
-__all__ = ["MISSING_LOGIT", "TeacherStore"]
+__all__ = ["MISSING_LOGIT", "TeacherStore", "store_lock"]
 
 MISSING_LOGIT = -1e4
 DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@contextmanager
+def store_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``<path>/.lock`` (created with the directory): one writer of the store at a time."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    with open(Path(path) / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -10,12 +10,10 @@ Appends hold a lock file, so runs in parallel (a sweep's workers) share one stor
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from torch import Tensor
 
 from ..students import DualHeadStudent
 from ..teachers.base import TeacherOutput
-from ..teachers.store import TeacherStore
+from ..teachers.store import TeacherStore, store_lock
 
 __all__ = ["FeatureStore", "backbone_id"]
 
@@ -50,7 +48,7 @@ class FeatureStore:
         self.id = backbone_id(student, views)
         self.path = Path(root).expanduser() / self.id
         self.path.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with store_lock(self.path):
             if not (self.path / "meta.json").is_file():
                 TeacherStore.create(self.path, self.id, student.spec.num_features, 0, dtype="float32", info={"views": views})
         self._store = TeacherStore(self.path)
@@ -77,16 +75,7 @@ class FeatureStore:
 
     def add(self, keys: Sequence[str], features: Tensor) -> int:
         """Keep the rows of ``features`` [N, D] whose keys the store lacks; returns how many were new."""
-        with self._locked():
+        with store_lock(self.path):
             self._store = TeacherStore(self.path)  # what other writers added meanwhile
             empty = torch.empty(len(keys), 0)
             return self._store.append(list(keys), TeacherOutput(features.float().cpu(), empty))
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.path / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -132,17 +132,21 @@ SHARD_OUTPUTS = 2048  # teacher outputs per worker job: progress every few minut
 
 
 def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, workers: int, *, dtype: str = "float32",
-                       topk: int | None = None, eval_splits: bool = True, progress: bool = False) -> TeacherCache:
+                       topk: int | None = None, eval_splits: bool = True, progress: bool = False,
+                       shard: tuple[int, int] = (0, 1)) -> TeacherCache:
     """Compute the base teacher's outputs for every view ``cfgs`` need that the store at ``path``
-    lacks, append them there, and return the cache over it."""
+    lacks, append them there, and return the cache over it. ``shard=(i, n)``: only every n-th
+    missing view from the i-th, so that n processes or nodes fill one store between them."""
     base = base_teacher_config(cfgs[0])
     teacher = build_teacher(base.teacher, splits_for(base.data).classes, base.data.dataset)
     cache = TeacherCache.load(teacher, path) if (path / "meta.json").is_file() else TeacherCache(teacher)
     info = store_info(base, teacher)
     if cache.store is not None and cache.store.meta["info"] and cache.store.meta["info"] != info:
         raise ValueError(f"{path} holds views of another setup: {cache.store.meta['info']}")
-    missing = [r for key, r in teacher_requests(cfgs, teacher, eval_splits).items() if key not in cache]
-    log.info("teacher store %s: %d outputs stored, %d to compute", path, len(cache), len(missing))
+    ours = list(teacher_requests(cfgs, teacher, eval_splits).items())[shard[0]::shard[1]]  # whatever the others wrote yet
+    missing = [r for key, r in ours if key not in cache]
+    part = f" (shard {shard[0]} of {shard[1]})" if shard[1] > 1 else ""
+    log.info("teacher store %s: %d outputs stored, %d to compute%s", path, len(cache), len(missing), part)
     jobs = workers * max(1, math.ceil(len(missing) / (SHARD_OUTPUTS * workers)))
     futures = [pool.submit(teacher_job, base, shard) for shard in shards(missing, jobs) if shard]
     bar = progress_bar(total=len(missing), desc="teacher store", enabled=progress and bool(missing))
@@ -156,10 +160,12 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, worker
 
 
 def cache_teacher(cfg: RunConfig, out: str | Path, *, dtype: str = "float16", topk: int | None = None,
-                  workers: int | None = None, eval_splits: bool = True, progress: bool = False) -> TeacherCache:
-    """``dho cache-teacher``: the store of every teacher output one training run of ``cfg`` draws."""
+                  workers: int | None = None, eval_splits: bool = True, progress: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> TeacherCache:
+    """``dho cache-teacher``: the store of every teacher output one training run of ``cfg`` draws
+    (``shard``: this process's part of it, see :func:`fill_teacher_cache`)."""
     cfg = resolve_teacher(cfg)
     workers = workers or free_cores()
     with executor(workers) as pool:
         return fill_teacher_cache([cfg], Path(out), pool, workers, dtype=dtype, topk=topk, eval_splits=eval_splits,
-                                  progress=progress)
+                                  progress=progress, shard=shard)
