@@ -109,3 +109,15 @@ def test_a_signal_while_the_pool_changes_itself_waits_for_the_change_to_end():
             signal.raise_signal(signal.SIGINT)
         assert told == [False, True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_worker_told_to_stop_while_it_starts_up_lives_on():
+    """The owner may tell its workers to stop while one is still importing (a signal right after
+    the pool started): the worker ignores the signal until it can handle it, so the pool does not
+    break and the job runs."""
+    from dho.training.pool import executor
+
+    with executor(2) as pool:
+        job = pool.submit(os.getpid)
+        pool._tell(False)  # the spawned worker is still starting up
+        assert job.result(timeout=120) > 0

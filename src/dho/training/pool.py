@@ -87,6 +87,20 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
+@contextlib.contextmanager
+def _told_ignored() -> Iterator[None]:
+    """Processes started meanwhile ignore ``TOLD`` until their initializer handles it (an ignored
+    signal stays ignored across exec): one told while it starts up is not killed by it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(TOLD, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(TOLD, previous)
+
+
 class _OwnerSignals:
     """SIGINT / SIGTERM to the process that owns a pool, while the pool is open in its main thread:
     the first tells the workers (``tell(False)``) and raises ``Interrupted``; a second ends them
@@ -139,7 +153,7 @@ class WorkerPool(ProcessPoolExecutor):
         self._signals = _OwnerSignals(self._tell)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        with self._signals.deferred():  # it may start the pool's thread and processes
+        with self._signals.deferred(), _told_ignored():  # it may start the pool's thread and processes
             return super().submit(_job, fn, *args, **kwargs)
 
     def _tell(self, at_once: bool) -> None:
