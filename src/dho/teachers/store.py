@@ -12,9 +12,8 @@ A store is a directory::
 Shards are written completely before ``meta.json`` names them (temporary file, then rename), so a
 store that can be opened is never half written; adding outputs appends a shard. Writers in several
 processes (or on several nodes over shared storage) hold :func:`store_lock` and reopen the store
-before they append. Arrays are read
-with ``numpy.load(mmap_mode="r")``: opening a store costs nothing and only the rows a batch needs
-are read. Top-k logits give the teacher's distribution restricted to its K best classes: the other
+before they append. Arrays are read with ``numpy.load(mmap_mode="r")``: opening a store costs
+nothing and only the rows a batch needs are read. Top-k logits give the teacher's distribution restricted to its K best classes: the other
 logits read back as :data:`MISSING_LOGIT`, whose probability is 0 in float32.
 """
 

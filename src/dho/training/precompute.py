@@ -135,15 +135,16 @@ def fill_teacher_cache(cfgs: list[RunConfig], path: Path, pool: Executor, worker
                        topk: int | None = None, eval_splits: bool = True, progress: bool = False,
                        shard: tuple[int, int] = (0, 1)) -> TeacherCache:
     """Compute the base teacher's outputs for every view ``cfgs`` need that the store at ``path``
-    lacks, append them there, and return the cache over it. ``shard=(i, n)``: only every n-th
-    missing view from the i-th, so that n processes or nodes fill one store between them."""
+    lacks, append them there, and return the cache over it. ``shard=(i, n)``: of every n-th view
+    requested, from the i-th, those the store lacks, so that n processes or nodes fill one store."""
     base = base_teacher_config(cfgs[0])
     teacher = build_teacher(base.teacher, splits_for(base.data).classes, base.data.dataset)
     cache = TeacherCache.load(teacher, path) if (path / "meta.json").is_file() else TeacherCache(teacher)
     info = store_info(base, teacher)
     if cache.store is not None and cache.store.meta["info"] and cache.store.meta["info"] != info:
         raise ValueError(f"{path} holds views of another setup: {cache.store.meta['info']}")
-    ours = list(teacher_requests(cfgs, teacher, eval_splits).items())[shard[0]::shard[1]]  # whatever the others wrote yet
+    # the shard is cut from every request, so it does not depend on what the other shards stored by now
+    ours = list(teacher_requests(cfgs, teacher, eval_splits).items())[shard[0]::shard[1]]
     missing = [r for key, r in ours if key not in cache]
     part = f" (shard {shard[0]} of {shard[1]})" if shard[1] > 1 else ""
     log.info("teacher store %s: %d outputs stored, %d to compute%s", path, len(cache), len(missing), part)
