@@ -131,6 +131,8 @@ class FeatureBatches:
                     out = teacher_fn(images, [k for _, _, k in items])
                     t_feats.append(out.features)
                     t_logits.append(out.logits)
+        if kept is not None:
+            kept.save()
         self.features = torch.cat(feats)  # [R, D]
         self.teacher = TeacherOutput(torch.cat(t_feats), torch.cat(t_logits)) if teacher_fn is not None else None
         log.info("heads-only: %d views, %d embedded now, %d features each%s", len(self.features), embedded,

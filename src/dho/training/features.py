@@ -3,16 +3,16 @@
 A frozen backbone's features of a training view never change, so, like the teacher's outputs,
 they are kept by view key: in a store of the teacher store's layout (float32, replayed exactly;
 no logits) under ``<feature_cache>/<id>``, where the id digests the backbone's name, weights and
-preprocessing, the data (root, dataset) and the views' size, crop scale and kept image side. A later heads-only run on the
-same seed (another method, shot count or budget) embeds only the views no run embedded before.
-Appends hold a lock file, so runs in parallel (a sweep's workers) share one store.
+preprocessing, the data (root, dataset) and the views' size, crop scale and kept image side. A
+later heads-only run on the same seed (another method, shot count or budget) embeds only the views
+no run embedded before. A run's new features are appended once, as one shard, holding a lock
+file, so runs in parallel (a sweep's workers) share one store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,8 +24,6 @@ from ..teachers.base import TeacherOutput
 from ..teachers.store import TeacherStore, store_lock
 
 __all__ = ["FeatureStore", "backbone_id"]
-
-log = logging.getLogger(__name__)
 
 
 def backbone_id(student: DualHeadStudent, views: dict) -> str:
@@ -52,13 +50,14 @@ class FeatureStore:
             if not (self.path / "meta.json").is_file():
                 TeacherStore.create(self.path, self.id, student.spec.num_features, 0, dtype="float32", info={"views": views})
         self._store = TeacherStore(self.path)
+        self._new: list[tuple[list[str], Tensor]] = []  # embedded here, kept by save()
 
     def __len__(self) -> int:
         return len(self._store)
 
     def embed(self, images: Tensor, keys: Sequence[str], embed: Callable[[Tensor], Tensor], write: bool) -> tuple[Tensor, int]:
         """Features [B, D] of ``images`` [B, ...] (views ``keys``): kept ones read back, the others
-        embedded (and kept when ``write``); with how many were embedded."""
+        embedded (and kept by ``save`` when ``write``); with how many were embedded."""
         new = [j for j, k in enumerate(keys) if k not in self._store]
         if len(new) == len(keys):
             out = embed(images)
@@ -70,12 +69,16 @@ class FeatureStore:
             if new:
                 out[new] = embed(images[new]).float()
         if new and write:
-            self.add([keys[j] for j in new], out[new])
+            self._new.append(([keys[j] for j in new], out[new].float().cpu()))
         return out, len(new)
 
-    def add(self, keys: Sequence[str], features: Tensor) -> int:
-        """Keep the rows of ``features`` [N, D] whose keys the store lacks; returns how many were new."""
+    def save(self) -> int:
+        """Append the features embedded since the last save as one shard; returns how many were new."""
+        if not self._new:
+            return 0
+        keys = [k for chunk, _ in self._new for k in chunk]
+        features = torch.cat([f for _, f in self._new])
+        self._new = []
         with store_lock(self.path):
             self._store = TeacherStore(self.path)  # what other writers added meanwhile
-            empty = torch.empty(len(keys), 0)
-            return self._store.append(list(keys), TeacherOutput(features.float().cpu(), empty))
+            return self._store.append(keys, TeacherOutput(features, torch.empty(len(keys), 0)))
